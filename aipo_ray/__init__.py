@@ -1,0 +1,13 @@
+"""aipo-ray: iterative preference optimization (AIPO and friends) as a Ray pipeline."""
+
+__version__ = "0.1.0"
+
+
+def run(config, stages=None, **kwargs):
+    """Run T iterations (see aipo_ray.pipeline.run). Imported lazily: Ray is heavy."""
+    from aipo_ray.pipeline import run as _run
+
+    return _run(config, stages=stages, **kwargs)
+
+
+__all__ = ["__version__", "run"]

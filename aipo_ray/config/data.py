@@ -1,0 +1,73 @@
+"""Prompt pool, self-instruct, rule filters and preference pairs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .base import StrictModel
+
+
+class PromptSourceConfig(StrictModel):
+    """One source of prompts. `format: auto` guesses from the suffix (a directory is `hf_disk`)."""
+
+    path: str = Field(description="file, directory, glob, or a hub dataset name (format: hf_hub)")
+    format: Literal["auto", "jsonl", "parquet", "csv", "hf_disk", "hf_hub"] = "auto"
+    text_field: str = Field(default="prompt", description="column holding the prompt text")
+    messages_field: str | None = Field(
+        default="messages", description="chat-messages column (UltraFeedback style); first user turn"
+    )
+    split: str = "train"
+    limit: int | None = Field(default=None, ge=1, description="keep the first N prompts")
+
+
+class PromptsConfig(StrictModel):
+    """The initial prompt pool X^pool (Algorithm 1)."""
+
+    sources: list[PromptSourceConfig] = Field(default_factory=list)
+    max_prompt_chars: int = Field(default=8000, ge=1, description="longer prompts are rejected")
+
+
+class FilterConfig(StrictModel):
+    """Rule-based filters applied to self-instructed prompts (paper A.1, Wang et al. 2023)."""
+
+    min_words: int = Field(default=3, ge=1)
+    max_words: int = Field(default=150, ge=1)
+    min_tokens: int = Field(default=3, ge=1)
+    max_tokens: int = Field(default=512, ge=1)
+    similarity: Literal["rouge_l", "jaccard"] = "rouge_l"
+    max_similarity: float = Field(default=0.7, gt=0, le=1, description="near-duplicate threshold")
+    block_keywords: list[str] = Field(
+        default_factory=lambda: [
+            "image", "images", "graph", "graphs", "picture", "pictures", "file", "files",
+            "map", "maps", "draw", "plot", "go to", "video", "audio", "music", "flowchart",
+            "diagram",
+        ],
+        description="instructions mentioning these (whole words) need non-text I/O",
+    )
+    reject_refusals: bool = True
+    reject_artifacts: bool = True
+
+
+class SelfInstructConfig(StrictModel):
+    """Growing the pool with θ_t (Algorithm 1: x^i = SelfInstruct_θt(X^pool))."""
+
+    enabled: bool = True
+    num_instructions: int = Field(default=20000, ge=1, description="P new instructions per iteration")
+    num_few_shot: int = Field(default=8, ge=1, le=32, description="k examples per request")
+    oversample: float = Field(default=2.0, ge=1, le=20, description="requests per wanted instruction")
+    max_tokens: int = Field(default=256, ge=8)
+    temperature: float = Field(default=1.0, ge=0, le=2)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    filters: FilterConfig = Field(default_factory=FilterConfig)
+
+
+class PairsConfig(StrictModel):
+    """Best and worst candidate per prompt become (chosen, rejected)."""
+
+    min_score_gap: float = Field(default=0.0, ge=0, description="drop pairs closer than this")
+    drop_ties: bool = True
+    max_pairs: int | None = Field(default=None, ge=1, description="cap on pairs per iteration")
+    drop_truncated: bool = Field(default=True, description="drop candidates cut by max_tokens")
+    drop_empty: bool = True

@@ -1,0 +1,29 @@
+"""N-candidate generation with θ_t."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from .base import StrictModel
+
+
+class GenerationConfig(StrictModel):
+    """Sampling and placement of the generation engines (vLLM on GPU or CPU, or HF `generate`)."""
+
+    backend: Literal["vllm", "hf"] = "vllm"
+    num_candidates: int = Field(default=5, ge=2, le=64, description="N responses per prompt")
+    temperature: float = Field(default=0.8, ge=0, le=2)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    max_tokens: int = Field(default=2048, ge=1, description="max response tokens")
+    seed: int | None = 0
+    batch_size: int = Field(default=32, ge=1, description="prompts per Ray Data batch")
+    num_replicas: int = Field(default=1, ge=1, description="engine actors running side by side")
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    gpus_per_replica: float = Field(default=0.0, ge=0)
+    cpus_per_replica: float = Field(default=1.0, gt=0)
+    max_model_len: int | None = Field(default=None, ge=16)
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to vLLM")
+    timeout_s: float = Field(default=3600.0, gt=0, description="per batch; then retried")
+    max_retries: int = Field(default=2, ge=0)

@@ -1,0 +1,32 @@
+"""Ranking candidates: PairRM, an LLM judge, or a user's function."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .base import StrictModel
+
+
+class RankingConfig(StrictModel):
+    backend: Literal["pairrm", "llm_judge", "callable"] = "pairrm"
+    model: str = Field(default="llm-blender/PairRM", description="PairRM dir / hub name, or judge LM")
+    backbone: str | None = Field(default=None, description="DeBERTa backbone dir for PairRM")
+    mode: Literal["full", "tournament"] = Field(
+        default="full", description="full N×N matrix (paper) or O(N) best/worst tournament"
+    )
+    callable: str | None = Field(default=None, description="'module:function' for backend=callable")
+    judge_max_tokens: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=8, ge=1, description="prompts per Ray Data batch")
+    num_replicas: int = Field(default=1, ge=1)
+    gpus_per_replica: float = Field(default=0.0, ge=0)
+    cpus_per_replica: float = Field(default=1.0, gt=0)
+    timeout_s: float = Field(default=3600.0, gt=0)
+    max_retries: int = Field(default=2, ge=0)
+
+    @model_validator(mode="after")
+    def _callable_named(self) -> RankingConfig:
+        if self.backend == "callable" and not self.callable:
+            raise ValueError("backend 'callable' needs ranking.callable = 'module:function'")
+        return self
