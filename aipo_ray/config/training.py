@@ -21,7 +21,7 @@ class LossConfig(StrictModel):
 
     @model_validator(mode="after")
     def _known_loss_and_hparams(self) -> LossConfig:
-        from aipo_ray.losses import available_losses, loss_defaults
+        from aipo_ray.losses import available_losses, build_loss, loss_defaults
 
         if self.name not in available_losses():
             raise ValueError(
@@ -36,6 +36,7 @@ class LossConfig(StrictModel):
                 )
             if not isinstance(value, int | float) or isinstance(value, bool):
                 raise ValueError(f"loss.{key} must be a number (got {value!r})")
+        build_loss(self.name, **self.hparams)  # the loss's own range checks (beta > 0, ...)
         return self
 
     @property

@@ -1,0 +1,150 @@
+"""`aipo`: run, resume, inspect, report on, evaluate and serve iterative preference runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from aipo_ray.config import ConfigError, load_config
+
+log = logging.getLogger("aipo_ray")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+    )
+
+
+def cmd_validate(args) -> int:
+    config = load_config(args.config, args.overrides)
+    print(config.to_json())
+    return 0
+
+
+def cmd_run(args) -> int:
+    from aipo_ray.pipeline.driver import run
+
+    config = load_config(args.config, args.overrides)
+    if args.run_dir:
+        config = config.model_copy(update={"run_dir": args.run_dir})
+    summary = run(config)
+    _print_finish(summary)
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from aipo_ray.pipeline.driver import resume
+
+    summary = resume(args.run_dir, args.overrides)
+    _print_finish(summary)
+    return 0
+
+
+def _print_finish(summary) -> None:
+    print(f"\nrun finished in {summary.seconds:.0f}s: {summary.run_dir}")
+    print(f"  latest model: {summary.run_dir}/models/{summary.latest_model}")
+    print(f"  status:       aipo status {summary.run_dir}")
+    print(f"  report:       aipo report {summary.run_dir}")
+
+
+def cmd_status(args) -> int:
+    from aipo_ray.config import StorageConfig
+    from aipo_ray.pipeline.status import format_status, run_status
+    from aipo_ray.storage import RunDir
+
+    info = run_status(RunDir(args.run_dir, StorageConfig()))
+    print(json.dumps(info, indent=2) if args.json else format_status(info))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from aipo_ray.report import write_report
+
+    path = write_report(args.run_dir, output=args.output)
+    print(f"report written: {path}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from aipo_ray.report.evaluate import evaluate_run
+
+    result = evaluate_run(args.run_dir, overrides=args.overrides)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from aipo_ray.serve import serve_checkpoint
+
+    serve_checkpoint(args.checkpoint, config_path=args.config, overrides=args.overrides,
+                     blocking=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aipo", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def overrides(sp):
+        sp.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                        help="config overrides, e.g. training.learning_rate=1e-6")
+
+    sp = sub.add_parser("run", help="run T iterations from a config (resumes if the run dir exists)")
+    sp.add_argument("config", help="YAML config file")
+    sp.add_argument("--run-dir", help="local path or s3://bucket/prefix (overrides run_dir)")
+    overrides(sp)
+    sp.set_defaults(fn=cmd_run)
+
+    sp = sub.add_parser("resume", help="continue a run from its run.json, skipping finished stages")
+    sp.add_argument("run_dir")
+    overrides(sp)
+    sp.set_defaults(fn=cmd_resume)
+
+    sp = sub.add_parser("status", help="iterations, stages, rows, checkpoints and elapsed time")
+    sp.add_argument("run_dir")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.set_defaults(fn=cmd_status)
+
+    sp = sub.add_parser("validate", help="print the resolved config, or every error in it")
+    sp.add_argument("config")
+    overrides(sp)
+    sp.set_defaults(fn=cmd_validate)
+
+    sp = sub.add_parser("report", help="HTML page + PNG plots of a run (works while it runs)")
+    sp.add_argument("run_dir")
+    sp.add_argument("--output", help="where to write (default <run_dir>/report)")
+    sp.set_defaults(fn=cmd_report)
+
+    sp = sub.add_parser("eval", help="win rate of each committed model over the previous one")
+    sp.add_argument("run_dir")
+    overrides(sp)
+    sp.set_defaults(fn=cmd_eval)
+
+    sp = sub.add_parser("serve", help="OpenAI-compatible chat completions + /rank for a checkpoint")
+    sp.add_argument("checkpoint", help="committed checkpoint URI or model dir")
+    sp.add_argument("--config", help="run config for ranker and serve settings")
+    overrides(sp)
+    sp.set_defaults(fn=cmd_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"aipo {args.command}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; `aipo resume` continues where this stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The recipe: T iterations of Algorithm 1, each a chain of stages, resumable at any point.
+
+Iteration i generates with θ_{i-1} and commits θ_i; θ_i is the policy and the reference of
+iteration i+1. Every stage is skipped when its `_SUCCESS` is valid, so calling `run` again on the
+same run directory continues where a crashed or stopped run left off.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from aipo_ray import __version__
+from aipo_ray.config import RunConfig, load_config
+from aipo_ray.models import POINTER
+from aipo_ray.runtime import init_ray
+from aipo_ray.storage import RUN_JSON, RunDir
+
+from .stage import Stage, StageContext, run_stage
+
+log = logging.getLogger(__name__)
+
+StageFactory = Callable[[RunConfig, int], Sequence[Stage]]
+
+
+def default_stages(config: RunConfig, iteration: int) -> list[Stage]:
+    """self-instruct → filter (prompts) → generate → rank → pairs → ref_logps → train → commit."""
+    from .stages.commit import CommitStage
+    from .stages.generate import GenerateStage
+    from .stages.pairs import PairsStage
+    from .stages.prompts import PromptsStage
+    from .stages.rank import RankStage
+    from .stages.ref_logps import RefLogpsStage, needs_reference
+    from .stages.stats import StatsStage
+    from .stages.train import TrainStage
+
+    chain: list[Stage] = []
+    if config.self_instruct.enabled:
+        from .stages.self_instruct import SelfInstructStage
+
+        chain.append(SelfInstructStage())
+    chain += [PromptsStage(), GenerateStage(), RankStage(), PairsStage()]
+    if needs_reference(config):
+        chain.append(RefLogpsStage())
+    chain += [TrainStage(), CommitStage(), StatsStage()]
+    return chain
+
+
+@dataclass
+class RunSummary:
+    run_dir: str
+    iterations: list[dict[str, Any]] = field(default_factory=list)
+    latest_model: str | None = None
+    seconds: float = 0.0
+
+
+def _as_factory(stages: Sequence[Stage] | StageFactory | None) -> StageFactory:
+    if stages is None:
+        return default_stages
+    if callable(stages) and not isinstance(stages, Sequence):
+        return stages
+    fixed = list(stages)
+    return lambda config, iteration: fixed
+
+
+def prepare_run_dir(config: RunConfig) -> RunDir:
+    """Write run.json (first start only) and the base-model pointer models/iter_000."""
+    run_dir = RunDir(config.resolved_run_dir, config.storage)
+    if not run_dir.exists(RUN_JSON):
+        run_dir.write_json(RUN_JSON, {
+            "config": config.to_public_dict(),
+            "aipo_ray_version": __version__,
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
+    pointer = f"models/{run_dir.model_name(0)}/{POINTER}"
+    if not run_dir.exists(pointer):
+        run_dir.write_json(pointer, {"path": config.model.path})
+    return run_dir
+
+
+def run(
+    config: RunConfig | str | Path,
+    stages: Sequence[Stage] | StageFactory | None = None,
+    *,
+    overrides: list[str] | None = None,
+    run_dir: str | None = None,
+    iterations: int | None = None,
+) -> RunSummary:
+    """Run (or resume) iterations 1..T. `stages` replaces the default chain: a list of stages used
+    in every iteration, or a function (config, iteration) -> stages."""
+    if not isinstance(config, RunConfig):
+        config = load_config(config, overrides)
+    elif overrides:
+        raise ValueError("overrides apply to a config file; edit the RunConfig object instead")
+    if run_dir is not None:
+        config = config.model_copy(update={"run_dir": run_dir})
+    total = iterations or config.iterations
+    factory = _as_factory(stages)
+    init_ray(config.ray)
+    rd = prepare_run_dir(config)
+    summary = RunSummary(run_dir=rd.uri)
+    started = time.time()
+    for iteration in range(1, total + 1):
+        ctx = StageContext(config=config, run_dir=rd, iteration=iteration)
+        chain = list(factory(config, iteration))
+        records = {}
+        for n, stage in enumerate(chain, start=1):
+            log.info("iteration %d/%d, stage %d/%d: %s", iteration, total, n, len(chain), stage.name)
+            records[stage.name] = run_stage(stage, ctx)
+        summary.iterations.append({"iteration": iteration, "stages": records})
+    summary.latest_model = rd.latest_model()
+    summary.seconds = time.time() - started
+    log.info("run finished: %s, latest model %s", rd.uri, summary.latest_model)
+    return summary
+
+
+def resume(run_dir: str, overrides: list[str] | None = None, **kwargs) -> RunSummary:
+    """Continue a run from its run.json. Credentials are not in run.json: they come from the
+    environment (AWS_*), as they did when the run started."""
+    from aipo_ray.config import apply_overrides, build_config
+    from aipo_ray.config.storage import StorageConfig
+
+    rd = RunDir(run_dir, StorageConfig())
+    if not rd.exists(RUN_JSON):
+        raise FileNotFoundError(f"{run_dir}: no {RUN_JSON}; is this a run directory?")
+    data = rd.read_json(RUN_JSON)["config"]
+    data["run_dir"] = run_dir
+    config = build_config(apply_overrides(data, overrides or []), source=f"{run_dir}/{RUN_JSON}")
+    return run(config, **kwargs)
