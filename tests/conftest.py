@@ -14,4 +14,5 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 pytest_plugins = [
     "tests.fixtures.ray_cluster",
     "tests.fixtures.models",
+    "tests.fixtures.s3",
 ]

@@ -51,8 +51,6 @@ def s3_options(cfg: StorageConfig | None) -> dict:
         client_kwargs["region_name"] = cfg.region
     if client_kwargs:
         opts["client_kwargs"] = client_kwargs
-    # s3fs retries internally too; keep its own loop short so ours governs the total wait.
-    opts["retries"] = 1
     opts["config_kwargs"] = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 1}}
     # Listings must see what this process (or a retried task) just wrote.
     opts["use_listings_cache"] = False
@@ -63,6 +61,9 @@ def filesystem(uri: str, cfg: StorageConfig | None = None) -> tuple[fsspec.Abstr
     """(filesystem, path without protocol) for a local path or an s3:// URI."""
     if uri.startswith("s3://") or uri.startswith("s3a://"):
         fs, path = fsspec.core.url_to_fs(uri.replace("s3a://", "s3://"), **s3_options(cfg))
+        # s3fs retries internally too; keep its own loop short so ours governs the total wait.
+        # (`retries` is an attribute, not a constructor option: passed in, it reaches aiobotocore.)
+        fs.retries = 1
         return fs, path
     fs, path = fsspec.core.url_to_fs(os.path.expanduser(uri))
     return fs, path
