@@ -85,11 +85,19 @@ class Stage(Protocol):
     def run(self, ctx: StageContext) -> StageResult: ...
 
 
+# Keys that say where and how long to run, never what a stage computes: changing them (adding
+# iterations, moving the run, resizing the cluster) must not invalidate finished stages.
+_NOT_OUTPUT_KEYS = frozenset({"name", "run_dir", "iterations", "ray", "storage", "eval", "serve"})
+
+
 def stage_config(stage: Stage, ctx: StageContext) -> dict[str, Any]:
-    """The config a stage's output depends on: its `config_keys` sections (all when unset)."""
+    """The config a stage's output depends on: its `config_keys` sections, or every section that
+    can change results when it declares none."""
     keys = getattr(stage, "config_keys", None)
     dump = ctx.config.to_public_dict()
-    return dump if keys is None else {k: dump.get(k) for k in keys}
+    if keys is None:
+        return {k: v for k, v in dump.items() if k not in _NOT_OUTPUT_KEYS}
+    return {k: dump.get(k) for k in keys}
 
 
 def fingerprint(stage: Stage, ctx: StageContext) -> str:
