@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import ClassVar
 
 import torch
@@ -74,8 +76,11 @@ class PreferenceLoss(nn.Module):
         if missing:
             raise ValueError(f"loss {self.name!r} is missing required hparam(s) {', '.join(missing)}")
         for key, value in resolved.items():
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise ValueError(f"loss {self.name!r}: hparam {key} must be a number, got {value!r}")
+            # Real admits numpy scalars; a NaN or inf hparam would silently poison every loss value.
+            if not isinstance(value, Real) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(
+                    f"loss {self.name!r}: hparam {key} must be a finite number, got {value!r}"
+                )
         self.hparams: dict[str, float] = {k: float(v) for k, v in resolved.items()}
         self._check_hparams()
 
@@ -127,7 +132,9 @@ class PreferenceLoss(nn.Module):
     def _metrics(self, b: PairLogps, nll: Tensor | None) -> dict[str, Tensor]:
         beta = self.hparams.get("beta", 1.0)
         with torch.no_grad():
-            if b.has_reference:
+            # The reward is the loss's own implicit reward, whether or not the batch happens to
+            # carry reference log-probs: SimPO's stays β·logp/|y| even when the pipeline scored refs.
+            if self.requires_reference:
                 chosen = beta * (b.policy_chosen - b.ref_chosen)
                 rejected = beta * (b.policy_rejected - b.ref_rejected)
             else:  # reference-free: the implicit reward is the length-normalised log-prob

@@ -11,6 +11,8 @@ def register_loss(name: str):
     """Class decorator: `@register_loss("aipo")` makes `build_loss("aipo", ...)` find it."""
 
     def decorate(cls: type[PreferenceLoss]) -> type[PreferenceLoss]:
+        if not (isinstance(cls, type) and issubclass(cls, PreferenceLoss)):
+            raise TypeError(f"@register_loss({name!r}) needs a PreferenceLoss subclass, got {cls!r}")
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"loss {name!r} is already registered by {_REGISTRY[name].__qualname__}")
         cls.name = name
