@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
 
 class StrictModel(BaseModel):
     """A config section: unknown keys are errors, values are re-validated on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    # NaN passes no bound check that would catch it later (nan > 0 is False, but so is nan <= 0).
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False
+    )
 
 
 class ConfigError(ValueError):
@@ -23,8 +26,8 @@ class ConfigError(ValueError):
         super().__init__(f"invalid config{where}:\n{lines}")
 
 
-def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
-    """Walk `loc` through nested models and list the field names of the parent of the last key."""
+def _parent_model(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """Walk `loc` through nested models to the model that holds its last key."""
     current: Any = model
     for part in loc[:-1]:
         if isinstance(part, int):
@@ -32,11 +35,24 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | N
         field = getattr(current, "model_fields", {}).get(part)
         if field is None:
             return None
-        annotation = field.annotation
-        current = _first_model(annotation)
+        current = _first_model(field.annotation)
         if current is None:
             return None
-    return sorted(getattr(current, "model_fields", {}))
+    return current
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
+    parent = _parent_model(model, loc)
+    return sorted(parent.model_fields) if parent is not None else None
+
+
+def _is_secret(model: type[BaseModel], loc: tuple[Any, ...]) -> bool:
+    """True when `loc` names a SecretStr field, whose bad value must not be echoed back."""
+    parent = _parent_model(model, loc)
+    field = parent.model_fields.get(loc[-1]) if parent is not None and loc else None
+    if field is None:
+        return False
+    return field.annotation is SecretStr or SecretStr in getattr(field.annotation, "__args__", ())
 
 
 def _first_model(annotation: Any) -> type[BaseModel] | None:
@@ -59,6 +75,8 @@ def format_validation_error(err: ValidationError, model: type[BaseModel]) -> lis
         if e["type"] == "extra_forbidden":
             allowed = _allowed_keys(model, loc)
             msg = "unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
+        elif _is_secret(model, loc):
+            msg = f"{msg} (value hidden: secret)"
         elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict):
             msg = f"{msg} (got {e['input']!r})"
         problems.append(f"{key}: {msg}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -74,14 +75,37 @@ def _drop_secrets(value: Any) -> Any:
     return value
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-6` as a float, as YAML 1.2 does.
+
+    PyYAML follows YAML 1.1, where `1e-6` (no dot) is a string: typed fields coerce it, but
+    untyped ones (loss hparams, engine_kwargs) would get a string.
+    """
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text the way config files and override values are parsed."""
+    return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader: no arbitrary objects
+
+
 def parse_override(text: str) -> tuple[list[str | int], Any]:
     """`training.learning_rate=1e-6` -> (['training', 'learning_rate'], 1e-06). Values are YAML."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError([f"override {text!r}: expected key.sub=value"])
-    path: list[str | int] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
+    parts = key.strip().split(".")
+    if any(not p.strip() for p in parts):
+        raise ConfigError([f"override {text!r}: empty key segment in {key.strip()!r}"])
+    path: list[str | int] = [int(p) if p.isdigit() else p for p in parts]
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError([f"override {text!r}: value is not valid YAML ({e})"]) from None
     return path, value
@@ -95,15 +119,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         for i, part in enumerate(path[:-1]):
             nxt = path[i + 1]
             if isinstance(node, list):
-                if not isinstance(part, int) or part >= len(node):
+                # index == len appends: `prompts.sources.1.path=x` adds a second source
+                if not isinstance(part, int) or part > len(node):
                     raise ConfigError([f"override {text!r}: no list index {part}"])
+                if part == len(node):
+                    node.append([] if isinstance(nxt, int) else {})
                 node = node[part]
                 continue
             if not isinstance(node, dict):
                 raise ConfigError([f"override {text!r}: {'.'.join(map(str, path[:i]))} is a value"])
             node = node.setdefault(part, [] if isinstance(nxt, int) else {})
         last = path[-1]
-        if (isinstance(node, list) and isinstance(last, int) and last < len(node)) or isinstance(node, dict):
+        if isinstance(node, list) and isinstance(last, int) and last == len(node):
+            node.append(value)
+        elif (isinstance(node, list) and isinstance(last, int) and last < len(node)) or isinstance(node, dict):
             node[last] = value
         else:
             raise ConfigError([f"override {text!r}: cannot set {last!r} here"])
@@ -127,7 +156,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except OSError as e:
             raise ConfigError([f"cannot read config file: {e.strerror}"], source) from None
         try:
-            loaded = yaml.safe_load(text)
+            loaded = load_yaml(text)
         except yaml.YAMLError as e:
             raise ConfigError([f"not valid YAML: {e}"], source) from None
         if loaded is not None and not isinstance(loaded, dict):
