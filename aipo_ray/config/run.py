@@ -112,6 +112,7 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.sub=value` overrides in order to raw YAML data (a copy); digits index lists."""
     data = copy.deepcopy(data)
     for text in overrides:
         path, value = parse_override(text)
@@ -134,8 +135,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node.append(value)
         elif (isinstance(node, list) and isinstance(last, int) and last < len(node)) or isinstance(node, dict):
             node[last] = value
+        elif isinstance(node, list):
+            raise ConfigError([f"override {text!r}: no list index {last}"])
         else:
-            raise ConfigError([f"override {text!r}: cannot set {last!r} here"])
+            parent = ".".join(map(str, path[:-1]))
+            raise ConfigError([f"override {text!r}: {parent} is a value, not a section or list"])
     return data
 
 
