@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .base import StrictModel
 
@@ -22,11 +22,22 @@ class PromptSourceConfig(StrictModel):
     limit: int | None = Field(default=None, ge=1, description="keep the first N prompts")
 
 
+SEED_PROMPTS = "builtin:seed_prompts"
+
+
 class PromptsConfig(StrictModel):
     """The initial prompt pool X^pool (Algorithm 1)."""
 
-    sources: list[PromptSourceConfig] = Field(default_factory=list)
+    sources: list[PromptSourceConfig] = Field(
+        default_factory=lambda: [PromptSourceConfig(path=SEED_PROMPTS)],
+        description="default: the ~60 seed prompts shipped in aipo_ray/assets",
+    )
     max_prompt_chars: int = Field(default=8000, ge=1, description="longer prompts are rejected")
+    per_iteration: int | None = Field(
+        default=None, ge=1,
+        description="self-instruct off: prompts per iteration, a different seeded slice of the "
+        "pool each iteration (default: the whole pool every iteration)",
+    )
 
 
 class FilterConfig(StrictModel):
@@ -38,6 +49,7 @@ class FilterConfig(StrictModel):
     max_tokens: int = Field(default=512, ge=1)
     similarity: Literal["rouge_l", "jaccard"] = "rouge_l"
     max_similarity: float = Field(default=0.7, gt=0, le=1, description="near-duplicate threshold")
+    ngram_size: int = Field(default=2, ge=1, le=8, description="word n-grams of `similarity: jaccard`")
     block_keywords: list[str] = Field(
         default_factory=lambda: [
             "image", "images", "graph", "graphs", "picture", "pictures", "file", "files",
@@ -56,11 +68,26 @@ class SelfInstructConfig(StrictModel):
     enabled: bool = True
     num_instructions: int = Field(default=20000, ge=1, description="P new instructions per iteration")
     num_few_shot: int = Field(default=8, ge=1, le=32, description="k examples per request")
+    num_few_shot_generated: int = Field(
+        default=2, ge=0, le=32,
+        description="of the k, at most this many from earlier iterations' instructions (Wang et al. "
+        "use 2 of 8); the rest come from the seed sources",
+    )
+    prompt_template: str | None = Field(
+        default=None, description="request text with an {examples} slot; default: see docs/data.md"
+    )
     oversample: float = Field(default=2.0, ge=1, le=20, description="requests per wanted instruction")
     max_tokens: int = Field(default=256, ge=8)
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=0.95, gt=0, le=1)
     filters: FilterConfig = Field(default_factory=FilterConfig)
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_examples_slot(cls, v: str | None) -> str | None:
+        if v is not None and "{examples}" not in v:
+            raise ValueError("prompt_template must contain the {examples} slot")
+        return v
 
 
 class PairsConfig(StrictModel):

@@ -1,0 +1,136 @@
+"""Preference pairs: the best and the worst candidate of each prompt (Algorithm 1, PairRM step).
+
+Rules, in order, per prompt:
+1. candidates cut at max_tokens (finish_reason 'length') and empty responses are dropped first
+   (`drop_truncated`, `drop_empty`): a truncated answer wins or loses for its length, not its content;
+2. chosen = highest score, rejected = lowest score among what is left (the ranking's own
+   best_idx/worst_idx when they survived and still hold the extreme score; else the lowest
+   candidate_idx holding it);
+3. fewer than two candidates left, a tie (equal scores), a gap below `min_score_gap`, or chosen text
+   equal to rejected text: the prompt gives no pair and goes to `_rejected` with the reason;
+4. the first `max_pairs` pairs, in rankings order, are kept; the rest are surplus, not rejected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from aipo_ray.config import PairsConfig
+from aipo_ray.storage.schemas import PAIRS
+
+# The PAIRS contract plus what the report and the length analysis need.
+PAIRS_OUT = pa.schema([
+    *PAIRS, ("chosen_idx", pa.int32()), ("rejected_idx", pa.int32()),
+    ("chosen_num_tokens", pa.int32()), ("rejected_num_tokens", pa.int32()),
+])
+
+
+@dataclass
+class PairsResult:
+    table: pa.Table
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    rows_in: int = 0
+    surplus: int = 0
+    dropped_candidates: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rejected_counts(self) -> dict[str, int]:
+        return dict(Counter(r["reason"].split(":")[0] for r in self.rejected))
+
+
+def candidate_problem(cand: dict[str, Any], cfg: PairsConfig) -> str | None:
+    """Why a candidate may not be chosen or rejected, or None."""
+    if cfg.drop_empty and not (cand.get("response") or "").strip():
+        return "empty"
+    if cfg.drop_truncated and cand.get("finish_reason") == "length":
+        return "truncated"
+    return None
+
+
+def _extreme(valid: list[int], scores: list[float], hint: int, best: bool) -> int:
+    target = max(scores[i] for i in valid) if best else min(scores[i] for i in valid)
+    if hint in valid and scores[hint] == target:
+        return hint
+    return min(i for i in valid if scores[i] == target)
+
+
+def pick_pair(
+    candidates: dict[int, dict[str, Any]], ranking: dict[str, Any], cfg: PairsConfig,
+    dropped: Counter,
+) -> tuple[dict[str, Any] | None, str | None]:
+    """(pair row, None) or (None, reason) for one prompt; `dropped` counts refused candidates."""
+    scores = list(ranking["scores"] or [])
+    if len(scores) != len(candidates) or set(candidates) != set(range(len(scores))):
+        return None, (f"bad_scores: {len(scores)} scores for candidates "
+                      f"{sorted(candidates)}")
+    if any(s is None or not math.isfinite(s) for s in scores):
+        return None, "bad_scores: a score is missing or not finite"
+    valid = []
+    for idx in sorted(candidates):
+        problem = candidate_problem(candidates[idx], cfg)
+        if problem is None:
+            valid.append(idx)
+        else:
+            dropped[problem] += 1
+    if len(valid) < 2:
+        return None, f"too_few_candidates: {len(valid)} of {len(scores)} usable"
+    best = _extreme(valid, scores, ranking.get("best_idx"), best=True)
+    worst = _extreme(valid, scores, ranking.get("worst_idx"), best=False)
+    gap = scores[best] - scores[worst]
+    if gap == 0 and cfg.drop_ties:
+        return None, f"tie: every usable candidate scores {scores[best]:.4g}"
+    if gap < cfg.min_score_gap:
+        return None, f"small_gap: {gap:.4g} < min_score_gap {cfg.min_score_gap}"
+    chosen, rejected = candidates[best], candidates[worst]
+    if best == worst or (chosen["response"] or "").strip() == (rejected["response"] or "").strip():
+        return None, "identical_responses: chosen and rejected texts are equal"
+    return {
+        "prompt_id": chosen["prompt_id"], "prompt": chosen["prompt"],
+        "chosen": chosen["response"], "rejected": rejected["response"],
+        "chosen_score": float(scores[best]), "rejected_score": float(scores[worst]),
+        "chosen_idx": best, "rejected_idx": worst,
+        "chosen_num_tokens": chosen["num_tokens"], "rejected_num_tokens": rejected["num_tokens"],
+    }, None
+
+
+def select_pairs(generations: pa.Table, rankings: pa.Table, cfg: PairsConfig) -> PairsResult:
+    """One (chosen, rejected) pair per usable prompt, in rankings order, capped at max_pairs."""
+    by_prompt: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for row in generations.to_pylist():
+        by_prompt[row["prompt_id"]][row["candidate_idx"]] = row
+    ranked = rankings.to_pylist()
+    result = PairsResult(table=PAIRS_OUT.empty_table(), rows_in=len(ranked))
+    dropped: Counter = Counter()
+    pairs: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for n, ranking in enumerate(ranked):
+        pid = ranking["prompt_id"]
+        if pid in seen:
+            result.rejected.append({"reason": "duplicate_ranking: prompt ranked twice",
+                                    "prompt_id": pid, "_row": n})
+            continue
+        seen.add(pid)
+        if pid not in by_prompt:
+            reason, pair = "no_generations: ranked prompt has no candidates", None
+        else:
+            pair, reason = pick_pair(by_prompt[pid], ranking, cfg, dropped)
+        if pair is None:
+            result.rejected.append({"reason": reason, "prompt_id": pid, "_row": n,
+                                    "scores": ranking.get("scores")})
+        elif cfg.max_pairs is not None and len(pairs) >= cfg.max_pairs:
+            result.surplus += 1
+        else:
+            pairs.append(pair)
+    for pid in sorted(by_prompt.keys() - seen):
+        result.rejected.append({"reason": "no_ranking: generated prompt was not ranked",
+                                "prompt_id": pid})
+        result.rows_in += 1
+    result.dropped_candidates = dict(dropped)
+    if pairs:
+        result.table = pa.Table.from_pylist(pairs, schema=PAIRS_OUT)
+    return result

@@ -1,0 +1,187 @@
+"""Self-instruct with θ_t: x^i = SelfInstruct_θt(X^pool) (paper Algorithm 1; Wang et al. 2023).
+
+Each request shows the current model k instructions sampled from the pool and asks it for one new
+instruction. Wang et al. prompt a base model with a numbered list to continue; θ_t is a chat model,
+so the request is a user message and the chat template comes from the generation backend. As in
+Wang et al., most of the k examples come from the seed sources and at most `num_few_shot_generated`
+from instructions made in earlier iterations, so the pool cannot drift away from its seeds.
+
+This module makes requests and parses answers; `filters` decides which answers become prompts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from aipo_ray.config import GenerationConfig, SelfInstructConfig, StorageConfig
+from aipo_ray.storage import make_prompt_id
+
+SOURCE = "self_instruct"
+
+DEFAULT_TEMPLATE = (
+    "Here are some instructions that people have given to an AI assistant:\n\n"
+    "{examples}\n\n"
+    "Write one new instruction that a person might give to an AI assistant. Make it different "
+    "from every instruction above, in topic and in the kind of task, and answerable with text "
+    "alone. Reply with the new instruction only: no answer, no numbering, no explanation."
+)
+
+# The raw table SelfInstructStage writes: the prompts contract plus what the filters need.
+SELF_INSTRUCT = pa.schema([
+    ("prompt_id", pa.string()), ("prompt", pa.string()), ("source", pa.string()),
+    ("iteration", pa.int32()), ("request_id", pa.string()), ("response", pa.string()),
+    ("finish_reason", pa.string()), ("truncated", pa.bool_()),
+])
+
+
+def num_requests(cfg: SelfInstructConfig) -> int:
+    """P·oversample requests, so that P survive filters that refuse a share of the answers."""
+    return math.ceil(cfg.num_instructions * cfg.oversample)
+
+
+def sample_few_shot(
+    seeds: Sequence[str], generated: Sequence[str], k: int, k_generated: int,
+    rng: np.random.Generator,
+) -> list[str]:
+    """k distinct examples: up to `k_generated` from `generated`, the rest from `seeds`, shuffled.
+
+    When one side is short the other makes up the difference, so small pools still give k.
+    """
+    n_gen = min(k_generated, len(generated), k)
+    n_seed = min(k - n_gen, len(seeds))
+    n_gen = min(k - n_seed, len(generated))
+    picked = [seeds[i] for i in rng.choice(len(seeds), n_seed, replace=False)] if n_seed else []
+    if n_gen:
+        picked += [generated[i] for i in rng.choice(len(generated), n_gen, replace=False)]
+    rng.shuffle(picked)
+    return picked
+
+
+def format_request(examples: Sequence[str], template: str | None = None) -> str:
+    listed = "\n".join(f"{i}. {ex.strip()}" for i, ex in enumerate(examples, start=1))
+    return (template or DEFAULT_TEMPLATE).replace("{examples}", listed)
+
+
+def build_requests(
+    seeds: Sequence[str], generated: Sequence[str], cfg: SelfInstructConfig, *, seed: int,
+    iteration: int, count: int | None = None,
+) -> pa.Table:
+    """(prompt_id, prompt) of every request; the same seed and iteration give the same requests."""
+    if not seeds and not generated:
+        raise ValueError("self-instruct needs a non-empty prompt pool to sample examples from")
+    rng = np.random.default_rng([seed, iteration])
+    count = num_requests(cfg) if count is None else count
+    ids, prompts = [], []
+    for r in range(count):
+        examples = sample_few_shot(seeds, generated, cfg.num_few_shot, cfg.num_few_shot_generated,
+                                   rng)
+        # Request ids stay unique even when two requests draw the same examples.
+        ids.append(f"si-{iteration:03d}-{r:06d}")
+        prompts.append(format_request(examples, cfg.prompt_template))
+    return pa.table({"prompt_id": ids, "prompt": prompts})
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """The first instruction of a response; `at_end` says the parse ran to the response's end."""
+
+    text: str
+    at_end: bool
+
+
+# A whole line of chatter before the instruction: "Sure!", "Here is a new instruction:".
+_PREAMBLE = re.compile(
+    r"^(?:sure|okay|ok|certainly|of course|here(?:'s| is| are)|below is|absolutely)\b"
+    r"(?:[^\n]*:|[\s!.,]*)$",
+    re.IGNORECASE,
+)
+# "Here is a new instruction: Write ..." on one line: the preamble names what follows.
+_INLINE_PREAMBLE = re.compile(
+    r"^(?:sure|okay|ok|certainly|of course|here(?:'s| is)|below is|absolutely)\b[^:\n]*"
+    r"\b(?:instruction|task|prompt|one)\b[^:\n]*:\s+(?=\S)",
+    re.IGNORECASE,
+)
+_LABEL = re.compile(
+    r"^\s*(?:[*_#>]+\s*)*(?:\d+\s*[.):]\s+|[-•*]\s+|#\d+\s*[.:)]?\s*|\(\d+\)\s*)?(?:[*_]+\s*)?"
+    r"(?:(?:new\s+|my\s+)?(?:instruction|task|prompt|request)\s*#?\s*\d*\s*[:.-]\s*)?(?:[*_]+\s*)?",
+    re.IGNORECASE,
+)
+_ITEM_START = re.compile(
+    r"^\s*(?:\d+\s*[.):]\s+|[-•*]\s+|(?:new\s+)?(?:instruction|task)\s*#?\s*\d*\s*:)", re.IGNORECASE
+)
+_QUOTES = [('"', '"'), ("“", "”"), ("'", "'"), ("‘", "’"), ("`", "`"), ("**", "**")]
+
+
+def parse_instruction(response: str) -> Parsed:
+    """The first instruction in a response: preamble lines ("Sure! Here is one:") skipped, then
+    lines up to a blank line or the next numbered/labelled item, with numbering, "Instruction:"
+    labels, markdown emphasis and wrapping quotes stripped."""
+    lines = response.replace("\r\n", "\n").split("\n")
+    i = 0
+    while i < len(lines) and (not lines[i].strip() or _PREAMBLE.match(lines[i].strip())):
+        i += 1
+    block: list[str] = []
+    j = i
+    while j < len(lines):
+        line = lines[j]
+        if not line.strip() or (block and _ITEM_START.match(line)):
+            break
+        block.append(line)
+        j += 1
+    at_end = all(not line.strip() for line in lines[j:])
+    if not block:
+        return Parsed("", at_end)
+    block[0] = _LABEL.sub("", _INLINE_PREAMBLE.sub("", block[0].strip(), count=1), count=1)
+    return Parsed(_strip_quotes("\n".join(block).strip()), at_end)
+
+
+def _strip_quotes(text: str) -> str:
+    changed = True
+    while changed and len(text) >= 2:
+        changed = False
+        for left, right in _QUOTES:
+            if text.startswith(left) and text.endswith(right) and len(text) > len(left) + len(right):
+                inner = text[len(left):-len(right)]
+                if left not in inner and right not in inner:
+                    text, changed = inner.strip(), True
+    return text
+
+
+def parse_responses(generations: pa.Table, iteration: int) -> pa.Table:
+    """Generation output (one row per request) → the SELF_INSTRUCT table, in request order."""
+    rows = sorted(generations.to_pylist(), key=lambda r: (r["prompt_id"], r["candidate_idx"]))
+    out: dict[str, list] = {name: [] for name in SELF_INSTRUCT.names}
+    for r in rows:
+        parsed = parse_instruction(r["response"] or "")
+        values = (make_prompt_id(parsed.text), parsed.text, SOURCE, iteration, r["prompt_id"],
+                  r["response"] or "", r["finish_reason"],
+                  bool(parsed.at_end and r["finish_reason"] == "length"))
+        for name, value in zip(SELF_INSTRUCT.names, values, strict=True):
+            out[name].append(value)
+    return pa.table(out, schema=SELF_INSTRUCT)
+
+
+def self_instruct(
+    seeds: Sequence[str], generated: Sequence[str], model_uri: str, cfg: SelfInstructConfig,
+    generation: GenerationConfig, *, seed: int, iteration: int,
+    storage: StorageConfig | None = None,
+) -> pa.Table:
+    """Ask θ_t (`model_uri`) for new instructions; returns the parsed, unfiltered SELF_INSTRUCT rows."""
+    import ray
+
+    from aipo_ray.generation import generate
+
+    # Request ids carry the iteration, and generation seeds each candidate by (seed, prompt_id),
+    # so every iteration samples afresh while a rerun of the same iteration replays exactly.
+    requests = build_requests(seeds, generated, cfg, seed=seed, iteration=iteration)
+    out = generate(ray.data.from_arrow(requests), model_uri, generation, n=1,
+                   max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                   storage=storage)
+    table = pa.Table.from_pylist(out.take_all())
+    return parse_responses(table, iteration)

@@ -1,0 +1,127 @@
+"""PromptsStage: the prompts x^i of iteration i, the table every later stage keys on.
+
+With self-instruct on, these are the first P instructions of the `self_instruct` table that pass
+the rule filters (aipo_ray.data.filters): refused ones go to `_rejected/` with their reason, and
+`_SUCCESS` counts them per reason; instructions beyond the first P that pass are surplus
+(`extra.surplus`), not rejected. With self-instruct off, the prompts are the seed pool itself (or
+the iteration's `per_iteration` slice of it), and bad source rows are the rejected ones.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow as pa
+
+from aipo_ray.config import RunConfig
+from aipo_ray.data.filters import Instruction, filter_instructions
+from aipo_ray.data.pool import load_pool
+from aipo_ray.data.self_instruct import SELF_INSTRUCT
+from aipo_ray.data.sources import load_prompts
+from aipo_ray.pipeline.stage import StageContext, StageError, StageResult
+from aipo_ray.storage import conform, rejected_rows
+from aipo_ray.storage.schemas import PROMPTS
+
+from .self_instruct import earlier_prompts_fingerprints
+
+log = logging.getLogger(__name__)
+
+
+class PromptsStage:
+    """`self_instruct`: whether the chain has a SelfInstructStage before this one; None reads it
+    from the config at run time (the input list then names `self_instruct` either way, which only
+    adds a missing-input None to the fingerprint)."""
+
+    name = "prompts"
+    config_keys = ("prompts", "self_instruct", "seed")
+
+    def __init__(self, self_instruct: bool | None = None):
+        self.self_instruct = self_instruct
+        self.inputs = () if self_instruct is False else ("self_instruct",)
+
+    @classmethod
+    def for_config(cls, config: RunConfig) -> PromptsStage:
+        return cls(self_instruct=config.self_instruct.enabled)
+
+    def fingerprint_extra(self, ctx: StageContext) -> dict:
+        enabled = ctx.config.self_instruct.enabled
+        return {"earlier_prompts": earlier_prompts_fingerprints(ctx) if enabled else None,
+                "tokenizer": ctx.policy_uri if enabled else None}
+
+    def run(self, ctx: StageContext) -> StageResult:
+        if ctx.config.self_instruct.enabled:
+            return self._filter_self_instruct(ctx)
+        return self._fixed_pool(ctx)
+
+    def _fixed_pool(self, ctx: StageContext) -> StageResult:
+        cfg = ctx.config.prompts
+        loaded = load_prompts(cfg, ctx.run_dir.storage, iteration=ctx.iteration)
+        table = loaded.table
+        if cfg.per_iteration is not None and table.num_rows:
+            table = table.take(iteration_slice(table.num_rows, cfg.per_iteration,
+                                               ctx.config.seed, ctx.iteration))
+        if loaded.rejected:
+            ctx.write_rejected(self.name, rejected_rows(loaded.rejected))
+        _require_rows(table, ctx, self.name)
+        ctx.write(self.name, table)
+        return StageResult(rows_in=loaded.rows_in, rows_out=table.num_rows,
+                           rejected=loaded.rejected_counts,
+                           extra={"pool": loaded.table.num_rows, "self_instruct": False})
+
+    def _filter_self_instruct(self, ctx: StageContext) -> StageResult:
+        cfg = ctx.config.self_instruct
+        raw = conform(ctx.read("self_instruct"), SELF_INSTRUCT, "self_instruct").to_pylist()
+        pool = load_pool(ctx.config.prompts, ctx.run_dir, ctx.iteration)
+        counts = token_counts([r["prompt"] for r in raw], ctx)
+        instructions = [Instruction(r["prompt"] or "", n, bool(r["truncated"]))
+                        for r, n in zip(raw, counts, strict=True)]
+        result = filter_instructions(instructions, pool.texts, cfg.filters,
+                                     limit=cfg.num_instructions)
+        kept = [raw[i] for i in result.kept]
+        table = pa.Table.from_pylist(
+            [{**{k: r[k] for k in PROMPTS.names}, "iteration": ctx.iteration} for r in kept],
+            schema=PROMPTS)
+        rejected = [{"reason": reason, "prompt_id": raw[i]["prompt_id"], "_source": "self_instruct",
+                     "_row": i, "prompt": raw[i]["prompt"], "response": raw[i]["response"]}
+                    for i, reason in result.rejected]
+        if rejected:
+            ctx.write_rejected(self.name, rejected_rows(rejected))
+        if table.num_rows < cfg.num_instructions:
+            log.warning("self-instruct kept %d of the %d instructions wanted (%d requests); raise "
+                        "self_instruct.oversample or relax self_instruct.filters",
+                        table.num_rows, cfg.num_instructions, len(raw))
+        _require_rows(table, ctx, self.name)
+        ctx.write(self.name, table)
+        return StageResult(rows_in=len(raw), rows_out=table.num_rows, rejected=result.counts,
+                           extra={"wanted": cfg.num_instructions, "surplus": len(result.surplus),
+                                  "pool": len(pool.texts), "self_instruct": True})
+
+
+def iteration_slice(n: int, size: int, seed: int, iteration: int) -> np.ndarray:
+    """Rows of iteration i: the i-th block of `size` in a seeded permutation, wrapping around, so
+    consecutive iterations see different prompts until the pool is used up."""
+    order = np.random.default_rng(seed).permutation(n)
+    start = (iteration - 1) * size
+    return order[np.arange(start, start + min(size, n)) % n]
+
+
+def token_counts(texts: list[str], ctx: StageContext) -> list[int]:
+    """Instruction lengths under θ_t's tokenizer (no special tokens)."""
+    from transformers import AutoTokenizer
+
+    from aipo_ray.models import resolve_model_path
+
+    path = resolve_model_path(ctx.policy_uri, ctx.run_dir.storage)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not texts:
+        return []
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _require_rows(table: pa.Table, ctx: StageContext, stage: str) -> None:
+    if table.num_rows == 0:
+        raise StageError(
+            f"iteration {ctx.iteration} stage {stage!r}: no prompt survived; see "
+            f"{ctx.stage_path(stage)}/_rejected/ for the reasons"
+        )
