@@ -357,3 +357,24 @@ def test_public_json_loads_back_to_the_same_config(secret_config):
         "serve": {"auth_token"},
     }
     assert again.model_dump(exclude=secret_keys) == secret_config.model_dump(exclude=secret_keys)
+
+
+# ---- docs -----------------------------------------------------------------------------------
+
+
+def test_configuration_doc_is_generated_from_the_current_models():
+    """docs/configuration.md is rendered from the models; after changing a config model run
+    `python scripts/gen_config_docs.py`."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "gen_config_docs", REPO / "scripts" / "gen_config_docs.py"
+    )
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    text = gen.render()
+    for key in ("`learning_rate`", "`secret_access_key`", "### `prompts.sources.N`", "| `aipo` |"):
+        assert key in text
+    assert (REPO / "docs" / "configuration.md").read_text() == text, (
+        "docs/configuration.md is stale: run `python scripts/gen_config_docs.py`"
+    )
