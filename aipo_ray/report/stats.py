@@ -21,6 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+# Stages in the order an iteration runs them; tables and plots list stages this way.
+PIPELINE_ORDER = ("self_instruct", "prompts", "generations", "rankings", "pairs", "ref_logps",
+                  "train", "commit", "stats")
 QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 HISTOGRAM_BINS = 20
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -206,10 +209,14 @@ def stage_records(successes: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "rejected_total": rec.get("rejected_total", sum((rec.get("rejected") or {}).values())),
             "seconds": rec.get("seconds"),
         }
-        for name, rec in sorted(successes.items())
+        for name, rec in sorted(successes.items(), key=lambda kv: stage_order(kv[0]))
     }
     seconds = {k: v["seconds"] for k, v in stages.items() if isinstance(v["seconds"], int | float)}
     return {"stages": stages, "wall_seconds": seconds, "total_seconds": _num(sum(seconds.values()))}
+
+
+def stage_order(name: str) -> tuple[int, str]:
+    return (PIPELINE_ORDER.index(name) if name in PIPELINE_ORDER else len(PIPELINE_ORDER), name)
 
 
 def parse_metrics(lines: Iterable[str]) -> pd.DataFrame:
