@@ -11,14 +11,30 @@ from .base import StrictModel
 
 class RankingConfig(StrictModel):
     backend: Literal["pairrm", "llm_judge", "callable"] = "pairrm"
-    model: str = Field(default="llm-blender/PairRM", description="PairRM dir / hub name, or judge LM")
+    model: str = Field(
+        default="llm-blender/PairRM",
+        description="PairRM dir / hub name; for llm_judge a causal LM (dir, hub name, builtin:NAME) or 'policy' (θ_t)",
+    )
     backbone: str | None = Field(default=None, description="DeBERTa backbone dir for PairRM")
     mode: Literal["full", "tournament"] = Field(
         default="full", description="full N×N matrix (paper) or O(N) best/worst tournament"
     )
     callable: str | None = Field(default=None, description="'module:function' for backend=callable")
     judge_max_tokens: int = Field(default=1, ge=1)
+    judge_max_prompt_tokens: int = Field(
+        default=512, ge=1, description="llm_judge: the instruction is cut to this many tokens"
+    )
+    judge_max_response_tokens: int = Field(
+        default=512, ge=1, description="llm_judge: each response is cut to this many tokens"
+    )
     batch_size: int = Field(default=8, ge=1, description="prompts per Ray Data batch")
+    pair_batch_size: int = Field(
+        default=16, ge=1, description="comparison sequences per forward pass (pairrm, llm_judge)"
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="auto: float32 on CPU; on a GPU float16 for PairRM (as llm-blender), bfloat16 for a judge",
+    )
     num_replicas: int = Field(default=1, ge=1)
     gpus_per_replica: float = Field(default=0.0, ge=0)
     cpus_per_replica: float = Field(default=1.0, gt=0)

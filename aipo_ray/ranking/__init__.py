@@ -1,0 +1,29 @@
+"""Rankers of candidate responses: PairRM (llm-blender's numbers on current transformers), an LLM
+judge, or a user's function; all behind the `Ranker` protocol, runnable as Ray Data actors."""
+
+from .base import PairwiseRanker, Ranker, Ranking, ScoringRanker, best_worst_from_scores
+from .build import build_ranker
+from .llm_judge import LLMJudge
+from .pairrm import PairRM
+from .pairwise import TournamentResult, full_matrix, scores_from_matrix, tournament
+from .python_fn import CallableRanker, load_function
+from .ray_actor import RankBatch, rank_map_kwargs
+
+__all__ = [
+    "CallableRanker",
+    "LLMJudge",
+    "PairRM",
+    "PairwiseRanker",
+    "RankBatch",
+    "Ranker",
+    "Ranking",
+    "ScoringRanker",
+    "TournamentResult",
+    "best_worst_from_scores",
+    "build_ranker",
+    "full_matrix",
+    "load_function",
+    "rank_map_kwargs",
+    "scores_from_matrix",
+    "tournament",
+]

@@ -1,0 +1,85 @@
+"""The ranker as a Ray Data callable class: one loaded model per actor, batches of prompts in.
+
+    ds.map_batches(RankBatch, **rank_map_kwargs(cfg, policy_path))
+
+Input rows: prompt_id, prompt, candidates (a prompt's N responses as one list). Output rows follow
+the rankings contract (aipo_ray.storage.schemas.RANKINGS): prompt_id, scores (list of N floats,
+higher is better), best_idx, worst_idx. A prompt with no candidates gets scores [] and indices
+-1 rather than failing the whole dataset; the pairs stage drops it like a tie.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from aipo_ray.config import RankingConfig
+from aipo_ray.storage.schemas import RANKINGS
+
+from .build import build_ranker
+
+INPUT_COLUMNS = ("prompt_id", "prompt", "candidates")
+
+
+class RankBatch:
+    """Loads the configured ranker once per actor; ranks each batch grouped by candidate count."""
+
+    def __init__(
+        self,
+        ranking: RankingConfig | dict,
+        policy_model_path: str | None = None,
+        device: str | None = None,
+    ):
+        cfg = ranking if isinstance(ranking, RankingConfig) else RankingConfig.model_validate(ranking)
+        self.ranker = build_ranker(cfg, policy_model_path, device=device)
+
+    def __call__(self, batch: Any) -> pa.Table:
+        columns = _columns(batch)
+        prompts, candidates = columns["prompt"], columns["candidates"]
+        scores: list[list[float]] = [[] for _ in prompts]
+        best = np.full(len(prompts), -1, dtype=np.int32)
+        worst = np.full(len(prompts), -1, dtype=np.int32)
+        by_size: dict[int, list[int]] = defaultdict(list)
+        for row, cands in enumerate(candidates):
+            if cands:
+                by_size[len(cands)].append(row)
+        for rows in by_size.values():
+            ranking = self.ranker.best_worst([prompts[r] for r in rows], [candidates[r] for r in rows])
+            for k, row in enumerate(rows):
+                scores[row] = [float(x) for x in ranking.scores[k]]
+                best[row], worst[row] = ranking.best_idx[k], ranking.worst_idx[k]
+        return pa.table(
+            {"prompt_id": columns["prompt_id"], "scores": scores, "best_idx": best, "worst_idx": worst},
+            schema=RANKINGS,
+        )
+
+
+def _columns(batch: Any) -> dict[str, list]:
+    """Python lists of the input columns from a pyarrow, pandas or numpy-dict batch."""
+    if isinstance(batch, pa.Table):
+        data = {name: batch.column(name).to_pylist() for name in INPUT_COLUMNS if name in batch.column_names}
+    else:
+        data = {name: list(batch[name]) for name in INPUT_COLUMNS if name in batch}
+    missing = [name for name in INPUT_COLUMNS if name not in data]
+    if missing:
+        raise KeyError(f"ranking input lacks column(s) {missing}; expected {list(INPUT_COLUMNS)}")
+    data["candidates"] = [[str(c) for c in cands] if cands is not None else [] for cands in data["candidates"]]
+    data["prompt"] = [str(p) for p in data["prompt"]]
+    return data
+
+
+def rank_map_kwargs(cfg: RankingConfig, policy_model_path: str | None = None) -> dict[str, Any]:
+    """`map_batches` arguments that give each ranker actor its own declared resources."""
+    import ray
+
+    return dict(
+        fn_constructor_kwargs={"ranking": cfg.model_dump(), "policy_model_path": policy_model_path},
+        compute=ray.data.ActorPoolStrategy(size=cfg.num_replicas),
+        batch_size=cfg.batch_size,
+        batch_format="pyarrow",
+        num_cpus=cfg.cpus_per_replica,
+        num_gpus=cfg.gpus_per_replica,
+    )

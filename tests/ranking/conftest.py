@@ -1,0 +1,39 @@
+"""Tiny PairRM checkpoints (both layouts, one set of weights) and llm-blender patched for
+transformers 5, shared by the ranking tests."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_pairrm(tmp_path_factory) -> dict[str, str]:
+    """Paths of the tiny backbone and of the llm-blender and PairRM-hf layouts."""
+    from aipo_ray.ranking.tiny import build_tiny_pairrm
+
+    return build_tiny_pairrm(tmp_path_factory.mktemp("tiny-pairrm"))
+
+
+@pytest.fixture(scope="session")
+def pairrm(tiny_pairrm):
+    from aipo_ray.ranking import PairRM
+
+    return PairRM.from_pretrained(tiny_pairrm["llm-blender"], batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def llm_blender(tmp_path_factory):
+    """llm-blender 0.0.2 importable on transformers 5: it imports `TRANSFORMERS_CACHE`, which is
+    gone, and its collator calls `batch_encode_plus`, which is gone; both come back for the
+    duration of the module. Nothing else of llm-blender is changed."""
+    pytest.importorskip("dataclasses_json", reason="llm-blender (dev extra) is not installed")
+    import importlib
+
+    import transformers.utils.hub as hub
+    from transformers import PreTrainedTokenizerBase
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hub, "TRANSFORMERS_CACHE", str(tmp_path_factory.mktemp("blender-cache")), raising=False)
+        mp.setattr(
+            PreTrainedTokenizerBase, "batch_encode_plus",
+            lambda self, texts, **kwargs: self(texts, **kwargs), raising=False,
+        )
+        yield importlib.import_module("llm_blender")
