@@ -80,14 +80,15 @@ def pick_pair(
     if len(valid) < 2:
         return None, f"too_few_candidates: {len(valid)} of {len(scores)} usable"
     best = _extreme(valid, scores, ranking.get("best_idx"), best=True)
-    worst = _extreme(valid, scores, ranking.get("worst_idx"), best=False)
+    # Never the same candidate twice: with ties allowed, an all-equal prompt still gives two texts.
+    worst = _extreme([i for i in valid if i != best], scores, ranking.get("worst_idx"), best=False)
     gap = scores[best] - scores[worst]
     if gap == 0 and cfg.drop_ties:
         return None, f"tie: every usable candidate scores {scores[best]:.4g}"
     if gap < cfg.min_score_gap:
         return None, f"small_gap: {gap:.4g} < min_score_gap {cfg.min_score_gap}"
     chosen, rejected = candidates[best], candidates[worst]
-    if best == worst or (chosen["response"] or "").strip() == (rejected["response"] or "").strip():
+    if (chosen["response"] or "").strip() == (rejected["response"] or "").strip():
         return None, "identical_responses: chosen and rejected texts are equal"
     return {
         "prompt_id": chosen["prompt_id"], "prompt": chosen["prompt"],

@@ -232,11 +232,12 @@ def extract_prompt(
     else:
         fields = " or ".join(repr(f) for f in (text_field, messages_field) if f)
         return None, f"missing_field: no {fields}"
-    if isinstance(value, str):
+    if isinstance(value, str) and name == text_field:
         return value, None
     if isinstance(value, list | tuple):
         return _first_user_turn(value, name)
-    return None, f"wrong_type: {name!r} is {type(value).__name__}, expected a string or messages"
+    expected = "a string or a list of messages" if name == text_field else "a list of messages"
+    return None, f"wrong_type: {name!r} is {type(value).__name__}, expected {expected}"
 
 
 def _first_user_turn(messages: list | tuple, name: str) -> tuple[str | None, str | None]:

@@ -107,13 +107,13 @@ def iteration_slice(n: int, size: int, seed: int, iteration: int) -> np.ndarray:
 
 
 def token_counts(texts: list[str], ctx: StageContext) -> list[int]:
-    """Instruction lengths under θ_t's tokenizer (no special tokens)."""
+    """Instruction lengths under θ_t's tokenizer (no special tokens); `model.tokenizer` wins."""
     from transformers import AutoTokenizer
 
     from aipo_ray.models import resolve_model_path
 
-    path = resolve_model_path(ctx.policy_uri, ctx.run_dir.storage)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    source = ctx.config.model.tokenizer or ctx.policy_uri
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(source, ctx.run_dir.storage))
     if not texts:
         return []
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
