@@ -1,0 +1,6 @@
+"""Rankers for tests, loaded by name through `ranking.backend: callable` like a user's function."""
+
+
+def longer_is_better(prompt: str, candidates: list[str]) -> list[float]:
+    """Scores each candidate by its length in characters: a judge that rewards verbosity."""
+    return [float(len(c)) for c in candidates]
