@@ -13,6 +13,17 @@ def tiny_pairrm(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def tiny_pairrm_short(tmp_path_factory) -> dict[str, str]:
+    """Like tiny_pairrm, but with limits 48 / 16 tokens instead of 1224 / 412: truncation of
+    sources and candidates without 2000-token sequences, which take seconds each on a CPU."""
+    from aipo_ray.ranking.tiny import build_tiny_pairrm
+
+    return build_tiny_pairrm(
+        tmp_path_factory.mktemp("tiny-pairrm-short"), seed=1, source_maxlength=48, candidate_maxlength=16
+    )
+
+
+@pytest.fixture(scope="session")
 def pairrm(tiny_pairrm):
     from aipo_ray.ranking import PairRM
 
