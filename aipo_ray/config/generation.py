@@ -26,6 +26,9 @@ class GenerationConfig(StrictModel):
     gpus_per_replica: float = Field(default=0.0, ge=0)
     cpus_per_replica: float = Field(default=1.0, gt=0)
     max_model_len: int | None = Field(default=None, ge=16)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="auto: bfloat16 on GPU replicas, float32 on CPU"
+    )
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to vLLM")
     timeout_s: float = Field(default=3600.0, gt=0, description="per batch; then retried")
     max_retries: int = Field(default=2, ge=0)

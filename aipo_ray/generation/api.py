@@ -1,0 +1,45 @@
+"""The one entry other components call: `generate(ds, model_uri, cfg, ...)`."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from aipo_ray.config import GenerationConfig, StorageConfig
+
+from .base import OUTPUT_COLUMNS, Generator, Sampling
+
+if TYPE_CHECKING:
+    import ray.data
+
+# name -> (module, function); imported on use so the vllm backend costs nothing until chosen.
+BACKENDS: dict[str, tuple[str, str]] = {
+    "hf": ("aipo_ray.generation.hf", "generate_hf"),
+    "vllm": ("aipo_ray.generation.vllm_engine", "generate_vllm"),
+}
+
+
+def get_generator(backend: str) -> Generator:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown generation backend {backend!r}; choose one of {sorted(BACKENDS)}")
+    module, name = BACKENDS[backend]
+    return getattr(importlib.import_module(module), name)
+
+
+def generate(
+    ds: ray.data.Dataset, model_uri: str, cfg: GenerationConfig, *, n: int | None = None,
+    max_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None,
+    storage: StorageConfig | None = None,
+) -> ray.data.Dataset:
+    """Sample `n` responses per prompt with the model at `model_uri`, lazily.
+
+    `ds` has columns prompt_id and prompt (the user message; the backend applies the chat
+    template). The result has one row per candidate: prompt_id, prompt, candidate_idx
+    (0..n-1), response, num_tokens (up to, not including, the first EOS) and finish_reason
+    ('stop' when EOS was produced, else 'length'). Arguments left None come from `cfg`;
+    temperature 0 is greedy decoding. `cfg.backend` 'auto' runs vllm when it is installed. `model_uri` is anything `resolve_model_path` accepts.
+    """
+    sampling = Sampling.resolve(cfg, n=n, max_tokens=max_tokens, temperature=temperature,
+                                top_p=top_p)
+    out = get_generator(cfg.resolved_backend())(ds, model_uri, cfg, sampling, storage)
+    return out.select_columns(list(OUTPUT_COLUMNS))
