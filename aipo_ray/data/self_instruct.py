@@ -89,10 +89,15 @@ def build_requests(
 
 @dataclass(frozen=True)
 class Parsed:
-    """The first instruction of a response; `at_end` says the parse ran to the response's end."""
+    """The first instruction of a response.
+
+    `at_end`: the parse ran to the end of the response. `truncated`: it also ran into a
+    max_tokens cut and no complete sentence could be kept, so the instruction is unfinished.
+    """
 
     text: str
     at_end: bool
+    truncated: bool = False
 
 
 # A whole line of chatter before the instruction: "Sure!", "Here is a new instruction:".
@@ -115,13 +120,20 @@ _LABEL = re.compile(
 _ITEM_START = re.compile(
     r"^\s*(?:\d+\s*[.):]\s+|[-•*]\s+|(?:new\s+)?(?:instruction|task)\s*#?\s*\d*\s*:)", re.IGNORECASE
 )
+# The end of a sentence: . ? or ! (not inside "2.5" or "e.g."), maybe closed by a quote/bracket.
+_SENTENCE_END = re.compile(r"(?<!\b[a-z])(?<!\d)[.?!]+[\"'”’)\]]*(?=\s|$)", re.IGNORECASE)
 _QUOTES = [('"', '"'), ("“", "”"), ("'", "'"), ("‘", "’"), ("`", "`"), ("**", "**")]
 
 
-def parse_instruction(response: str) -> Parsed:
+def parse_instruction(response: str, cut: bool = False) -> Parsed:
     """The first instruction in a response: preamble lines ("Sure! Here is one:") skipped, then
     lines up to a blank line or the next numbered/labelled item, with numbering, "Instruction:"
-    labels, markdown emphasis and wrapping quotes stripped."""
+    labels, markdown emphasis and wrapping quotes stripped.
+
+    A first line that is a whole sentence is the instruction on its own: what follows it is
+    usually the model answering itself. `cut` says the response was stopped by max_tokens: a
+    parse that ran into the cut keeps its complete sentences and drops the broken tail.
+    """
     lines = response.replace("\r\n", "\n").split("\n")
     i = 0
     while i < len(lines) and (not lines[i].strip() or _PREAMBLE.match(lines[i].strip())):
@@ -134,11 +146,18 @@ def parse_instruction(response: str) -> Parsed:
             break
         block.append(line)
         j += 1
+    if block:
+        block[0] = _LABEL.sub("", _INLINE_PREAMBLE.sub("", block[0].strip(), count=1), count=1)
+        if len(block) > 1 and _SENTENCE_END.search(block[0].rstrip()):
+            block, j = block[:1], i + 1
     at_end = all(not line.strip() for line in lines[j:])
-    if not block:
-        return Parsed("", at_end)
-    block[0] = _LABEL.sub("", _INLINE_PREAMBLE.sub("", block[0].strip(), count=1), count=1)
-    return Parsed(_strip_quotes("\n".join(block).strip()), at_end)
+    text = "\n".join(block).strip()
+    if not (cut and at_end):
+        return Parsed(_strip_quotes(text), at_end)
+    whole = list(_SENTENCE_END.finditer(text))
+    if not whole:
+        return Parsed(_strip_quotes(text), at_end, truncated=bool(text))
+    return Parsed(_strip_quotes(text[:whole[-1].end()].strip()), at_end)
 
 
 def _strip_quotes(text: str) -> str:
@@ -158,10 +177,9 @@ def parse_responses(generations: pa.Table, iteration: int) -> pa.Table:
     rows = sorted(generations.to_pylist(), key=lambda r: (r["prompt_id"], r["candidate_idx"]))
     out: dict[str, list] = {name: [] for name in SELF_INSTRUCT.names}
     for r in rows:
-        parsed = parse_instruction(r["response"] or "")
+        parsed = parse_instruction(r["response"] or "", cut=r["finish_reason"] == "length")
         values = (make_prompt_id(parsed.text), parsed.text, SOURCE, iteration, r["prompt_id"],
-                  r["response"] or "", r["finish_reason"],
-                  bool(parsed.at_end and r["finish_reason"] == "length"))
+                  r["response"] or "", r["finish_reason"], parsed.truncated)
         for name, value in zip(SELF_INSTRUCT.names, values, strict=True):
             out[name].append(value)
     return pa.table(out, schema=SELF_INSTRUCT)

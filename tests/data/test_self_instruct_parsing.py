@@ -35,12 +35,27 @@ GENERATED = [f"generated instruction {i}" for i in range(10)]
     ("Rewrite this text:\nthe cat sat\n\nThanks!", "Rewrite this text:\nthe cat sat", False),
     ("“Explain photosynthesis.”", "Explain photosynthesis.", True),
     ("Here is a list: a, b. Sort it.", "Here is a list: a, b. Sort it.", True),
+    ("What does `git rebase` do?\nIt rewrites history.", "What does `git rebase` do?", False),
     ("", "", True),
     ("Instruction:", "", True),
 ])
 def test_parse_instruction_takes_the_first_instruction(response, text, at_end):
     parsed = parse_instruction(response)
     assert (parsed.text, parsed.at_end) == (text, at_end)
+
+
+@pytest.mark.parametrize(("response", "text", "truncated"), [
+    ("Split a bill of $87 with a 15% tip. Show the steps. Then, for each fri",
+     "Split a bill of $87 with a 15% tip. Show the steps.", False),
+    ('Say "hello." Then go', 'Say "hello."', False),
+    ("Write a story about a dog who", "Write a story about a dog who", True),
+    ("It costs 2.5 dollars, e.g. the", "It costs 2.5 dollars, e.g. the", True),
+    ("1. Name a fruit.\n2. Name a", "Name a fruit.", False),
+])
+def test_a_max_tokens_cut_keeps_whole_sentences_or_marks_truncation(response, text, truncated):
+    parsed = parse_instruction(response, cut=True)
+    assert (parsed.text, parsed.truncated) == (text, truncated)
+    assert parse_instruction(response, cut=False).truncated is False
 
 
 def test_parse_responses_flags_truncation_only_when_the_parse_reached_the_cut():
