@@ -173,3 +173,21 @@ def test_shipped_seed_prompts_are_clean_and_the_default_pool():
     assert 50 <= loaded.table.num_rows <= 80
     assert set(loaded.table.column("source").to_pylist()) == {"builtin:seed_prompts"}
     assert seed_prompts_path().endswith("aipo_ray/assets/seed_prompts.jsonl")
+
+
+def test_sources_on_s3_with_a_glob(s3_storage):
+    from aipo_ray.storage import filesystem
+
+    storage, prefix = s3_storage
+    fs, root = filesystem(prefix, storage)
+    fs.pipe_file(f"{root}/prompts/a.jsonl", b'{"prompt": "From S3?"}\n{"prompt": 7}\n')
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.table({"prompt": ["Parquet on S3."]}), buf)
+    fs.pipe_file(f"{root}/prompts/b.parquet", buf.getvalue().to_pybytes())
+    cfg = PromptsConfig(sources=[PromptSourceConfig(path=f"{prefix}/prompts/*")])
+    loaded = load_prompts(cfg, storage)
+    assert loaded.table.column("prompt").to_pylist() == ["From S3?", "Parquet on S3."]
+    assert [(r["_source"], r["_row"]) for r in loaded.rejected] == [(f"{prefix}/prompts/a.jsonl", 2)]
+    with pytest.raises(PromptSourceError, match="not found"):
+        load_prompts(PromptsConfig(sources=[PromptSourceConfig(path=f"{prefix}/none.jsonl")]),
+                     storage)
