@@ -14,7 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from aipo_ray.storage import RunDir, read_success, with_retries
+from aipo_ray.config import RunConfig, apply_overrides, build_config
+from aipo_ray.storage import RUN_JSON, RunDir, read_success, with_retries
 from aipo_ray.storage.schemas import SchemaError
 
 from .stats import parse_metrics
@@ -40,6 +41,15 @@ class IterationData:
 
     def table(self, name: str) -> pd.DataFrame | None:
         return self.tables.get(name)
+
+
+def load_run_config(rd: RunDir, overrides: list[str] | None = None) -> RunConfig:
+    """The run's config from run.json, with `key=value` overrides (eval.*, ranking.*, ...)."""
+    if not rd.exists(RUN_JSON):
+        raise FileNotFoundError(f"{rd.uri}: no {RUN_JSON}; is this a run directory?")
+    data = rd.read_json(RUN_JSON)["config"]
+    data["run_dir"] = rd.uri
+    return build_config(apply_overrides(data, overrides or []), source=f"{rd.uri}/{RUN_JSON}")
 
 
 def list_iterations(run_dir: RunDir) -> list[int]:

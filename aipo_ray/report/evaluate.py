@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from aipo_ray.config import RunConfig, StorageConfig, apply_overrides, build_config
-from aipo_ray.storage import MODELS, RUN_JSON, RunDir, iteration_name, tables, with_retries
+from aipo_ray.config import RunConfig, StorageConfig
+from aipo_ray.storage import MODELS, RunDir, iteration_name, tables, with_retries
 
-from .collect import EVAL_JSON, list_iterations, read_finished_table
+from .collect import EVAL_JSON, list_iterations, load_run_config, read_finished_table
 from .winrate import both_order_outcomes, compare
 
 log = logging.getLogger(__name__)
@@ -38,15 +38,6 @@ log = logging.getLogger(__name__)
 RESPONSES = "eval/responses"
 _ITER = re.compile(r"^iter_(\d{3,})$")
 _JUDGE_CHUNK = 32  # prompts per ranker call: bounds memory, not results
-
-
-def load_run_config(rd: RunDir, overrides: list[str] | None = None) -> RunConfig:
-    """The run's config from run.json, with `key=value` overrides (eval.*, ranking.*, ...)."""
-    if not rd.exists(RUN_JSON):
-        raise FileNotFoundError(f"{rd.uri}: no {RUN_JSON}; is this a run directory?")
-    data = rd.read_json(RUN_JSON)["config"]
-    data["run_dir"] = rd.uri
-    return build_config(apply_overrides(data, overrides or []), source=f"{rd.uri}/{RUN_JSON}")
 
 
 def committed_models(rd: RunDir) -> list[int]:

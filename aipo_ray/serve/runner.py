@@ -8,8 +8,8 @@ import socket
 import time
 from dataclasses import dataclass
 
-from aipo_ray.config import RunConfig, load_config
-from aipo_ray.storage import is_remote
+from aipo_ray.config import RunConfig, StorageConfig, load_config
+from aipo_ray.storage import MODELS, RUN_JSON, RunDir, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,19 @@ def free_port(host: str) -> int:
 
 def serve_config(checkpoint: str, config_path: str | None = None,
                  overrides: list[str] | None = None) -> RunConfig:
-    """The run config (for ranking, storage, serve settings) with `model.path` = the checkpoint."""
-    return load_config(config_path, [*(overrides or []), f"model.path={checkpoint}"])
+    """The config for ranking, storage and serve settings, with `model.path` = the checkpoint:
+    `config_path` when given, else the run.json of the run holding `<run>/models/iter_NNN`,
+    else the defaults."""
+    overrides = [*(overrides or []), f"model.path={checkpoint}"]
+    if config_path is None:
+        run_root = posixpath.dirname(posixpath.dirname(checkpoint.rstrip("/")))
+        if run_root and posixpath.basename(posixpath.dirname(checkpoint.rstrip("/"))) == MODELS:
+            from aipo_ray.report.collect import load_run_config
+
+            rd = RunDir(run_root, StorageConfig())
+            if rd.exists(RUN_JSON):
+                return load_run_config(rd, overrides)
+    return load_config(config_path, overrides)
 
 
 def build_app(checkpoint: str, config: RunConfig, model_uri: str | None = None):
