@@ -31,7 +31,9 @@ def judge_model_path(cfg: RankingConfig, policy_model_path: str | None) -> str:
     if cfg.model == POLICY:
         if not policy_model_path:
             raise ValueError("ranking.model = 'policy' but no policy model path was given")
-        return policy_model_path
+        # θ_t arrives as a run's model URI (pointer or committed checkpoint): resolve it here,
+        # inside the actor, so each node fetches its own copy.
+        return resolve_model_path(policy_model_path)
     if cfg.model == RankingConfig.model_fields["model"].default:
         raise ValueError(
             f"ranking.backend = 'llm_judge' needs ranking.model set to a causal LM or 'policy', "

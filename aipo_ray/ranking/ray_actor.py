@@ -20,6 +20,7 @@ from aipo_ray.config import RankingConfig
 from aipo_ray.storage.schemas import RANKINGS
 
 from .build import build_ranker
+from .python_fn import CallableRanker
 
 INPUT_COLUMNS = ("prompt_id", "prompt", "candidates")
 
@@ -32,7 +33,13 @@ class RankBatch:
         ranking: RankingConfig | dict,
         policy_model_path: str | None = None,
         device: str | None = None,
+        score_fn: Any = None,
     ):
+        # `score_fn` is a user's function object passed from Python (custom DAGs); it wins
+        # over the configured backend.
+        if score_fn is not None:
+            self.ranker = CallableRanker(score_fn)
+            return
         cfg = ranking if isinstance(ranking, RankingConfig) else RankingConfig.model_validate(ranking)
         self.ranker = build_ranker(cfg, policy_model_path, device=device)
 
