@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from aipo_ray.config import PairsConfig
 from aipo_ray.storage.schemas import PAIRS
@@ -44,8 +45,8 @@ class PairsResult:
 
 
 def candidate_problem(cand: dict[str, Any], cfg: PairsConfig) -> str | None:
-    """Why a candidate may not be chosen or rejected, or None."""
-    if cfg.drop_empty and not (cand.get("response") or "").strip():
+    """Why a candidate (its metadata row, see `candidate_table`) may not be paired, or None."""
+    if cfg.drop_empty and cand["empty"]:
         return "empty"
     if cfg.drop_truncated and cand.get("finish_reason") == "length":
         return "truncated"
@@ -59,9 +60,24 @@ def _extreme(valid: list[int], scores: list[float], hint: int, best: bool) -> in
     return min(i for i in valid if scores[i] == target)
 
 
+def candidate_table(generations: pa.Table) -> dict[str, dict[int, dict[str, Any]]]:
+    """prompt_id -> candidate_idx -> metadata (row number, finish_reason, num_tokens, empty).
+
+    Responses stay in Arrow: at the paper's scale (20K prompts × 5 candidates × up to 2048
+    tokens) turning every one into a Python string would double the driver's memory.
+    """
+    text = pc.fill_null(generations.column("response"), "")
+    empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0)
+    meta = generations.select(["prompt_id", "candidate_idx", "finish_reason", "num_tokens"])
+    by_prompt: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for row, cand in enumerate(meta.append_column("empty", empty).to_pylist()):
+        by_prompt[cand["prompt_id"]][cand["candidate_idx"]] = {**cand, "row": row}
+    return by_prompt
+
+
 def pick_pair(
     candidates: dict[int, dict[str, Any]], ranking: dict[str, Any], cfg: PairsConfig,
-    dropped: Counter,
+    dropped: Counter, generations: pa.Table,
 ) -> tuple[dict[str, Any] | None, str | None]:
     """(pair row, None) or (None, reason) for one prompt; `dropped` counts refused candidates."""
     scores = list(ranking["scores"] or [])
@@ -88,11 +104,14 @@ def pick_pair(
     if gap < cfg.min_score_gap:
         return None, f"small_gap: {gap:.4g} < min_score_gap {cfg.min_score_gap}"
     chosen, rejected = candidates[best], candidates[worst]
-    if (chosen["response"] or "").strip() == (rejected["response"] or "").strip():
+    chosen_text, rejected_text = (
+        generations.column("response")[c["row"]].as_py() or "" for c in (chosen, rejected))
+    if chosen_text.strip() == rejected_text.strip():
         return None, "identical_responses: chosen and rejected texts are equal"
     return {
-        "prompt_id": chosen["prompt_id"], "prompt": chosen["prompt"],
-        "chosen": chosen["response"], "rejected": rejected["response"],
+        "prompt_id": chosen["prompt_id"],
+        "prompt": generations.column("prompt")[chosen["row"]].as_py(),
+        "chosen": chosen_text, "rejected": rejected_text,
         "chosen_score": float(scores[best]), "rejected_score": float(scores[worst]),
         "chosen_idx": best, "rejected_idx": worst,
         "chosen_num_tokens": chosen["num_tokens"], "rejected_num_tokens": rejected["num_tokens"],
@@ -101,9 +120,7 @@ def pick_pair(
 
 def select_pairs(generations: pa.Table, rankings: pa.Table, cfg: PairsConfig) -> PairsResult:
     """One (chosen, rejected) pair per usable prompt, in rankings order, capped at max_pairs."""
-    by_prompt: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
-    for row in generations.to_pylist():
-        by_prompt[row["prompt_id"]][row["candidate_idx"]] = row
+    by_prompt = candidate_table(generations)
     ranked = rankings.to_pylist()
     result = PairsResult(table=PAIRS_OUT.empty_table(), rows_in=len(ranked))
     dropped: Counter = Counter()
@@ -119,7 +136,7 @@ def select_pairs(generations: pa.Table, rankings: pa.Table, cfg: PairsConfig) ->
         if pid not in by_prompt:
             reason, pair = "no_generations: ranked prompt has no candidates", None
         else:
-            pair, reason = pick_pair(by_prompt[pid], ranking, cfg, dropped)
+            pair, reason = pick_pair(by_prompt[pid], ranking, cfg, dropped, generations)
         if pair is None:
             result.rejected.append({"reason": reason, "prompt_id": pid, "_row": n,
                                     "scores": ranking.get("scores")})
