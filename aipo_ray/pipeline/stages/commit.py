@@ -1,0 +1,26 @@
+"""CommitStage: θ_{t+1} from `train/model/` to `models/iter_NNN`, then `LATEST` moves to it.
+
+The staged model is verified against its manifest first, so a corrupted staging copy is never
+committed. The previous model is never deleted: it is this iteration's reference and may be
+someone's serving checkpoint.
+"""
+
+from __future__ import annotations
+
+from aipo_ray.pipeline.stage import StageContext, StageResult
+from aipo_ray.storage.checkpoint import commit_checkpoint, materialize_checkpoint
+
+from .train import staged_model_uri
+
+
+class CommitStage:
+    name = "commit"
+    inputs = ("train",)
+    config_keys = ()
+
+    def run(self, ctx: StageContext) -> StageResult:
+        local = materialize_checkpoint(staged_model_uri(ctx), ctx.config.storage)
+        uri = commit_checkpoint(local, ctx.run_dir, ctx.iteration)
+        assert uri == ctx.output_model_uri
+        return StageResult(rows_in=0, rows_out=0, extra={"model_uri": uri,
+                                                         "latest": ctx.run_dir.latest_model()})

@@ -1,0 +1,191 @@
+"""Ray Train + FSDP2 with 2 gloo workers on the tiny Llama, against plain single-process PyTorch.
+
+One module-scoped run (reference log-probs through Ray Data, then 2 optimizer steps of DPO with
+reference = policy) backs most tests here: starting Ray Train workers costs tens of seconds.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from aipo_ray.config import LossConfig, ModelConfig, RunConfig, TrainingConfig
+from aipo_ray.config.generation import GenerationConfig
+from aipo_ray.losses import PairLogps, build_loss
+from aipo_ray.storage import make_prompt_id
+from aipo_ray.storage.checkpoint import verify_checkpoint
+from aipo_ray.training import PairEncoder, collate_pairs
+from aipo_ray.training.logps import full_vocab_response_logps
+from aipo_ray.training.reference import compute_ref_logps
+from aipo_ray.training.trainer import batch_plan, train_policy
+
+PROMPTS = [
+    "Name a primary colour.",
+    "What is the capital of France? " + "Please answer briefly and clearly. " * 6,
+    "Say hello.",
+    "Count to three.",
+    "Give me a fruit.",
+]
+CHOSEN = ["Red is a primary colour.", "Paris.", "Hello!", "One, two, three.", "An apple."]
+REJECTED = ["Dog.", "I do not know, maybe Rome or Madrid.", "Bye.", "Four.", "A chair, surely."]
+MAX_PROMPT = 48  # the long prompt (system prompt + question) exceeds it: truncation is counted
+MAX_RESPONSE = 8
+# Adam divides by √v + eps: with the default 1e-8, weights whose gradient is ~1e-9 (common in a
+# random tiny model) turn fp32 rounding noise into O(lr) update noise. A larger eps keeps the
+# single-process comparison well-conditioned without changing what is compared.
+ADAM_EPS = 1e-4
+
+
+def make_pairs() -> pa.Table:
+    return pa.table({
+        "prompt_id": [make_prompt_id(p) for p in PROMPTS], "prompt": PROMPTS, "chosen": CHOSEN,
+        "rejected": REJECTED, "chosen_score": [1.0] * 5, "rejected_score": [0.0] * 5,
+    })
+
+
+def make_config(model_path: str, **training) -> RunConfig:
+    params = dict(
+        num_workers=2, global_batch_size=4, micro_batch_size=1, learning_rate=1e-3,
+        lr_scheduler="constant", warmup_ratio=0.0, max_grad_norm=1.0, num_epochs=1,
+        max_prompt_length=MAX_PROMPT, max_response_length=MAX_RESPONSE, logps_chunk_size=5,
+    )
+    params.update(training)
+    return RunConfig(
+        model=ModelConfig(path=model_path), loss=LossConfig(name="dpo"),
+        training=TrainingConfig(**params), generation=GenerationConfig(max_tokens=MAX_RESPONSE),
+    )
+
+
+@pytest.fixture(scope="module")
+def dpo_run(ray_cluster, tiny_llama_path, tmp_path_factory):
+    """5 pairs, global batch 4 on 2 workers × micro 1 × accum 2: steps of 4 and then 1 pair."""
+    out = tmp_path_factory.mktemp("dpo-run")
+    config = make_config(tiny_llama_path, adam_eps=ADAM_EPS)
+    pairs = make_pairs()
+    ref = compute_ref_logps(config, pairs, tiny_llama_path)
+    result = train_policy(config, pairs, ref, tiny_llama_path, output_uri=str(out / "model"),
+                          metrics_uri=str(out / "train" / "metrics.jsonl"),
+                          storage_path=str(out / "ray"))
+    lines = (out / "train" / "metrics.jsonl").read_text().splitlines()
+    return {"config": config, "pairs": pairs, "ref": ref, "result": result, "out": out,
+            "metrics": [json.loads(ln) for ln in lines]}
+
+
+def _plain_logps(model, tokenizer, config, rows):
+    """Independent of the chunked path: full-vocabulary logits from the plain HF forward."""
+    enc = PairEncoder(tokenizer, config.training.max_prompt_length,
+                      config.training.max_response_length)
+    pairs = enc.encode_many([PROMPTS[i] for i in rows], [CHOSEN[i] for i in rows],
+                            [REJECTED[i] for i in rows])
+    batch = collate_pairs(pairs, enc.pad_token_id)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    logps = full_vocab_response_logps(logits, batch.input_ids, batch.response_mask)
+    lengths = batch.response_mask.sum(-1).float()
+    b = len(rows)
+    return logps[:b], logps[b:], lengths[:b], lengths[b:]
+
+
+def test_reference_logps_equal_the_trainers_logps(dpo_run, tiny_llama_path):
+    ref, config = dpo_run["ref"], dpo_run["config"]
+    assert ref.column("prompt_id").to_pylist() == dpo_run["pairs"].column("prompt_id").to_pylist()
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_path, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_path)
+    with torch.no_grad():
+        chosen, rejected, chosen_len, rejected_len = _plain_logps(model, tokenizer, config, range(5))
+    torch.testing.assert_close(torch.tensor(ref.column("ref_chosen_logp").to_pylist(), dtype=torch.float64),
+                               chosen.double(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(torch.tensor(ref.column("ref_rejected_logp").to_pylist(), dtype=torch.float64),
+                               rejected.double(), rtol=1e-5, atol=1e-4)
+    assert ref.column("chosen_len").to_pylist() == chosen_len.int().tolist()
+    assert ref.column("rejected_len").to_pylist() == rejected_len.int().tolist()
+    # At step 1 the policy is θ_t: the trainer's log-probs of the step's pairs are the reference.
+    first = dpo_run["metrics"][0]
+    step_rows = batch_plan(config, 5).step_indices(0)
+    expected = sum(ref.column("ref_chosen_logp")[i].as_py() for i in step_rows) / len(step_rows)
+    assert first["logps/chosen"] == pytest.approx(expected, abs=1e-4)
+    assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_first_step_dpo_loss_with_reference_equal_policy_is_ln2(dpo_run):
+    assert dpo_run["metrics"][0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_last_partial_batch_is_trained_and_truncation_counted(dpo_run, tiny_llama_path):
+    metrics = dpo_run["metrics"]
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert [m["pairs"] for m in metrics] == [4, 1]  # 5 pairs, global batch 4: nothing dropped
+    plan = batch_plan(dpo_run["config"], 5)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_path)
+    enc = PairEncoder(tokenizer, MAX_PROMPT, MAX_RESPONSE)
+    for step, m in enumerate(metrics):
+        pairs = [enc.encode(PROMPTS[i], CHOSEN[i], REJECTED[i]) for i in plan.step_indices(step)]
+        assert m["truncated_prompts"] == sum(p.prompt_truncated for p in pairs)
+        assert m["truncated_responses"] == sum(p.truncated_responses for p in pairs)
+    assert sum(m["truncated_prompts"] for m in metrics) == 1
+    assert sum(m["truncated_responses"] for m in metrics) >= 1
+
+
+def test_metrics_lines_carry_every_field(dpo_run):
+    expected = {"step", "epoch", "loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
+                "rewards/accuracies", "logps/chosen", "logps/rejected", "s_ref/mean",
+                "s_ref/agreement", "grad_norm", "lr", "tokens", "tokens_per_s", "seconds",
+                "pairs", "truncated_prompts", "truncated_responses"}
+    for m in dpo_run["metrics"]:
+        assert expected <= set(m), expected - set(m)
+        assert m["lr"] == pytest.approx(1e-3) and m["tokens_per_s"] > 0
+    assert dpo_run["result"]["metrics"] == dpo_run["metrics"][-1]
+
+
+def test_two_worker_fsdp2_matches_single_process_pytorch(dpo_run, tiny_llama_path):
+    """The same two AdamW steps (4 pairs, then the 1-pair tail) in plain PyTorch.
+
+    Tolerance: every weight within 1e-5 (1% of one Adam step at lr 1e-3) and all but 0.01% of
+    them within 1e-7. fp32 sums run in another order across shards and micro-batches, and Adam
+    divides by √v: where a gradient is near zero, rounding noise grows to ~2e-6.
+    """
+    config = dpo_run["config"]
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_path, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_path)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, eps=ADAM_EPS, weight_decay=0.0,
+                                  foreach=False)
+    loss_fn = build_loss("dpo", beta=0.1)
+    ref = dpo_run["ref"]
+    plan = batch_plan(config, 5)
+    grad_norms = []
+    for step in range(plan.total_steps):
+        rows = plan.step_indices(step)
+        chosen, rejected, chosen_len, rejected_len = _plain_logps(model, tokenizer, config, rows)
+        ref_c = torch.tensor([ref.column("ref_chosen_logp")[i].as_py() for i in rows]).float()
+        ref_r = torch.tensor([ref.column("ref_rejected_logp")[i].as_py() for i in rows]).float()
+        loss = loss_fn(PairLogps(chosen, rejected, ref_c, ref_r, chosen_len, rejected_len)).losses.mean()
+        loss.backward()
+        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)))
+        optimizer.step()
+        optimizer.zero_grad()
+    assert [m["grad_norm"] for m in dpo_run["metrics"]] == pytest.approx(grad_norms, rel=1e-4)
+    trained = AutoModelForCausalLM.from_pretrained(str(dpo_run["out"] / "model"),
+                                                   dtype=torch.float32)
+    initial = AutoModelForCausalLM.from_pretrained(tiny_llama_path, dtype=torch.float32)
+    expected, initial_sd = model.state_dict(), initial.state_dict()
+    moved, loose, total = 0, 0, 0
+    for name, tensor in trained.state_dict().items():
+        diff = (tensor - expected[name]).abs()
+        assert diff.max() <= 1e-5, f"{name}: max |Δ| {diff.max():.3g}"
+        loose += int((diff > 1e-7).sum())
+        total += diff.numel()
+        moved += int(not torch.equal(tensor, initial_sd[name]))
+    assert loose <= 1e-4 * total, f"{loose} of {total} weights differ by more than 1e-7"
+    assert moved == len(expected)  # every tensor was trained
+
+
+def test_trained_model_is_committed_and_loads_in_transformers(dpo_run):
+    out = Path(dpo_run["out"] / "model")
+    manifest = verify_checkpoint(str(out))
+    names = {e["path"] for e in manifest["files"]}
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= names
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    assert model.config.num_hidden_layers == 2
