@@ -70,8 +70,7 @@ class PairRM:
         order = sorted(range(len(encoded)), key=lambda k: len(encoded[k][0]), reverse=True)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            batch = self.encoder.collate([encoded[k] for k in chunk])
-            batch = type(batch)(**{k: v.to(self.device) for k, v in batch.__dict__.items()})
+            batch = self.encoder.collate([encoded[k] for k in chunk]).to(self.device)
             out[torch.tensor(chunk)] = self.network(batch).float().cpu()
         return out
 

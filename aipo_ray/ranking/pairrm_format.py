@@ -49,6 +49,9 @@ class PairBatch:
     cand1_pos: torch.Tensor  # [K]
     cand2_pos: torch.Tensor  # [K]
 
+    def to(self, device: torch.device | str) -> PairBatch:
+        return PairBatch(**{name: t.to(device) for name, t in self.__dict__.items()})
+
 
 class PairEncoder:
     """Tokenizes (source, candidate A, candidate B) triples into PairRM sequences.

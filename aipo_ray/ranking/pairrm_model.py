@@ -20,7 +20,6 @@ Layouts:
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +27,6 @@ import torch
 from torch import nn
 
 from .pairrm_format import PREFIX_TOKENS, PairBatch, PrefixIds
-
-log = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "microsoft/deberta-v3-large"
 _TOKENIZER_FILES = ("spm.model", "tokenizer.json", "tokenizer_config.json")
