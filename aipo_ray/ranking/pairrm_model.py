@@ -166,7 +166,8 @@ def _build_network(config, state: dict, n_tasks: int, drop_out: float) -> PairRM
         raise KeyError("checkpoint has no pretrained_model.embeddings.word_embeddings.weight")
     # llm-blender resizes the backbone's embeddings to its tokenizer (prefixes included).
     config.vocab_size = embedding.shape[0]
-    network = PairRMNetwork(config, n_tasks=n_tasks, drop_out=drop_out)
+    with _skip_random_init():  # every parameter is overwritten below; 435M random draws are not free
+        network = PairRMNetwork(config, n_tasks=n_tasks, drop_out=drop_out)
     result = network.load_state_dict(state, strict=False)
     if result.missing_keys:
         raise KeyError(f"PairRM checkpoint lacks parameters: {result.missing_keys[:8]}")
@@ -175,3 +176,11 @@ def _build_network(config, state: dict, n_tasks: int, drop_out: float) -> PairRM
     if unexpected:
         raise KeyError(f"PairRM checkpoint has parameters this network does not: {unexpected[:8]}")
     return network.eval()
+
+
+def _skip_random_init():
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4
+        from transformers.modeling_utils import no_init_weights
+    return no_init_weights()
