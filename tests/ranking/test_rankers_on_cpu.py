@@ -102,3 +102,13 @@ def test_pairrm_backend_from_config(tiny_pairrm, pairrm):
     ranking = build_ranker(cfg).best_worst(PROMPTS, CANDIDATES)
     np.testing.assert_allclose(ranking.scores, pairrm.scores(PROMPTS, CANDIDATES).numpy(), atol=1e-5)
     assert list(ranking.comparisons) == [6, 6]
+
+
+def test_smollm2_judges_offline_as_in_the_local_run(smollm2_path):
+    """The local run's ranker: SmolLM2-135M-Instruct (builtin, from its GGUF) as the judge."""
+    cfg = RankingConfig(backend="llm_judge", model="builtin:smollm2-135m-instruct", mode="tournament")
+    judge = build_ranker(cfg)
+    ranking = judge.best_worst(PROMPTS[:1], [CANDIDATES[0][:2]])
+    assert np.isfinite(ranking.scores).all() and list(ranking.comparisons) == [2]
+    assert ranking.scores[0, 0] == pytest.approx(-ranking.scores[0, 1], abs=1e-6)
+    assert {ranking.best_idx[0], ranking.worst_idx[0]} == {0, 1}
