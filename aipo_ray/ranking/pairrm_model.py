@@ -70,14 +70,14 @@ class LoadedPairRM:
     candidate_max_length: int = 412
 
 
-def local_dir(path: str, allow_patterns: list[str] | None = None) -> Path:
+def local_dir(path: str) -> Path:
     """A local directory as is; a hub name downloaded (on a user's machine; tests stay offline)."""
     expanded = Path(path).expanduser()
     if expanded.is_dir():
         return expanded
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(path, allow_patterns=allow_patterns))
+    return Path(snapshot_download(path))
 
 
 def load_pairrm(path: str, backbone: str | None = None) -> LoadedPairRM:
