@@ -44,7 +44,7 @@ def default_stages(config: RunConfig, iteration: int) -> list[Stage]:
         from .stages.self_instruct import SelfInstructStage
 
         chain.append(SelfInstructStage())
-    chain += [PromptsStage(), GenerateStage(), RankStage(), PairsStage()]
+    chain += [PromptsStage.for_config(config), GenerateStage(), RankStage(), PairsStage()]
     if needs_reference(config):
         chain.append(RefLogpsStage())
     chain += [TrainStage(), CommitStage(), StatsStage()]
