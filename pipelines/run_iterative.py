@@ -17,7 +17,10 @@ def main(argv=None) -> int:
     parser.add_argument("--config", required=True, help="YAML run config")
     parser.add_argument("--run-dir", help="local path or s3:// prefix (overrides run_dir)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
-    args = parser.parse_intermixed_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if any("=" not in e or e.startswith("-") for e in extra):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = [*args.overrides, *extra]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config, args.overrides)
