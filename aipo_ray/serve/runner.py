@@ -55,13 +55,15 @@ def serve_config(checkpoint: str, config_path: str | None = None,
 def build_app(checkpoint: str, config: RunConfig, model_uri: str | None = None):
     """The Serve application graph: gateway → chat model (+ ranker when `serve.rank`)."""
     from .app import ChatModel, Gateway, RankModel
+    from .backends import replica_env
     from .protocol import token_digest
 
     cfg = config.serve
-    chat = ChatModel.options(
-        num_replicas=cfg.num_replicas,
-        ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
-    ).bind(model_uri or checkpoint, config.storage, cfg.model_copy(update={"auth_token": None}),
+    actor: dict = {"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica}
+    env = replica_env(cfg)
+    if env:
+        actor["runtime_env"] = {"env_vars": env}
+    chat = ChatModel.options(num_replicas=cfg.num_replicas, ray_actor_options=actor).bind(model_uri or checkpoint, config.storage, cfg.model_copy(update={"auth_token": None}),
            config.model.dtype)
     ranker = None
     if cfg.rank:
