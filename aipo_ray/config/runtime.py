@@ -52,7 +52,7 @@ class ServeConfig(StrictModel):
     host: str = Field(default="127.0.0.1", description="bind address; loopback unless you mean it")
     port: int = Field(default=8000, ge=0, le=65535, description="0 picks a free port")
     backend: Literal["auto", "hf", "vllm"] = Field(
-        default="auto", description="auto: vllm when a GPU is visible, else transformers (CPU)"
+        default="auto", description="auto: vllm when serve.gpus_per_replica > 0, else transformers"
     )
     max_request_bytes: int = Field(default=1_000_000, ge=1024)
     max_tokens_limit: int = Field(default=1024, ge=1)
