@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import math
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -21,6 +19,7 @@ from aipo_ray.report.stats import (
     training_summary,
 )
 
+from .checks import assert_stats_match_parquet
 from .runs import build_run
 
 
@@ -70,39 +69,11 @@ def test_parse_metrics_skips_a_half_written_last_line():
     assert summary["metrics"]["loss"] == {"first": 0.7, "last": 0.5, "mean": pytest.approx(0.6)}
 
 
-def _read_dir(path: str) -> pd.DataFrame:
-    return pd.concat([pd.read_parquet(p) for p in sorted(glob.glob(f"{path}/part-*.parquet"))])
-
-
 def test_stats_json_is_recomputed_from_the_parquet_tables(tmp_path):
     build_run(str(tmp_path / "run"), iterations=2)
     for it in (1, 2):
-        base = tmp_path / "run" / f"iter_{it:03d}"
-        stats = json.loads((base / "stats.json").read_text())
-        gens, pairs, ref = (_read_dir(str(base / n)) for n in ("generations", "pairs", "ref_logps"))
-        assert stats["iteration"] == it and stats["pairs"] == len(pairs) == 12
-
-        assert stats["length"]["all"]["mean"] == pytest.approx(gens["num_tokens"].mean())
-        assert stats["length"]["all"]["p90"] == pytest.approx(np.quantile(gens["num_tokens"], 0.9))
-        tokens = dict(zip(zip(gens.prompt_id, gens.response, strict=True), gens.num_tokens, strict=True))
-        chosen = np.array([tokens[(p, c)] for p, c in zip(pairs.prompt_id, pairs.chosen, strict=True)])
-        rejected = np.array([tokens[(p, r)] for p, r in zip(pairs.prompt_id, pairs.rejected, strict=True)])
-        assert stats["length"]["chosen"]["mean"] == pytest.approx(chosen.mean())
-        assert stats["length"]["rejected"]["median"] == pytest.approx(np.median(rejected))
-        assert stats["length"]["chosen_minus_rejected"]["mean"] == pytest.approx((chosen - rejected).mean())
-
-        ref = ref.set_index("prompt_id").loc[pairs.prompt_id]
-        s_ref = (ref.ref_chosen_logp - ref.ref_rejected_logp).to_numpy()
-        assert stats["s_ref"]["agreement_rate"] == pytest.approx(np.mean(s_ref > 0))
-        assert stats["s_ref"]["summary"]["median"] == pytest.approx(np.median(s_ref))
-        assert sum(stats["s_ref"]["histogram"]["counts"]) == 12
-        assert stats["s_ref"]["corr_length_diff"] == pytest.approx(
-            np.corrcoef(s_ref, chosen - rejected)[0, 1])
-        assert stats["ref_logps"]["chosen"]["mean"] == pytest.approx(ref.ref_chosen_logp.mean())
-        assert stats["ref_logps"]["rejected_normalized"]["mean"] == pytest.approx(
-            (ref.ref_rejected_logp / ref.rejected_len).mean())
-        sims = [ngram_overlap(c, r) for c, r in zip(pairs.chosen, pairs.rejected, strict=True)]
-        assert stats["similarity"]["mean"] == pytest.approx(np.mean(sims))
+        stats = assert_stats_match_parquet(tmp_path / "run", it)
+        assert stats["pairs"] == 12
         assert stats["prompts"] == {"total": 12, "by_source": {"seed": 8, "self_instruct": 4}}
 
 
