@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from aipo_ray.config import GenerationConfig, StorageConfig
 
-from .base import OUTPUT_COLUMNS, Generator, Sampling
+from .base import Generator, Sampling
 
 if TYPE_CHECKING:
     import ray.data
@@ -31,7 +31,10 @@ def generate(
     max_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None,
     storage: StorageConfig | None = None,
 ) -> ray.data.Dataset:
-    """Sample `n` responses per prompt with the model at `model_uri`, lazily.
+    """Sample `n` responses per prompt with the model at `model_uri`.
+
+    The prompts are read at once (they are small); the generation itself runs lazily, when the
+    returned Dataset is consumed.
 
     `ds` has columns prompt_id and prompt (the user message; the backend applies the chat
     template). The result has one row per candidate: prompt_id, prompt, candidate_idx
@@ -41,5 +44,4 @@ def generate(
     """
     sampling = Sampling.resolve(cfg, n=n, max_tokens=max_tokens, temperature=temperature,
                                 top_p=top_p)
-    out = get_generator(cfg.resolved_backend())(ds, model_uri, cfg, sampling, storage)
-    return out.select_columns(list(OUTPUT_COLUMNS))
+    return get_generator(cfg.resolved_backend())(ds, model_uri, cfg, sampling, storage)

@@ -134,6 +134,24 @@ def check_candidates(table: pa.Table, prompt_ids: Iterable[str], n: int) -> None
                               + " (a replica dropped or duplicated rows; rerun the stage)")
 
 
+def prompt_blocks(ds: ray.data.Dataset, rows_per_block: int) -> list[pa.Table]:
+    """The prompts of `ds` (prompt_id, prompt), materialised, in blocks of `rows_per_block`.
+
+    Prompt tables are small. Materialising them before the engine actors start does two jobs:
+    every replica gets blocks of its own (one big block would go to one actor), and no upstream
+    Ray Data task is left waiting for a CPU that the actor pool has taken — on a small cluster
+    whose CPUs the replicas fill, that wait never ends.
+    """
+    import ray
+
+    parts = [b for b in ray.get(ds.select_columns(["prompt_id", "prompt"]).to_arrow_refs())
+             if b.num_rows]
+    if not parts:
+        return []
+    table = pa.concat_tables(parts, promote_options="default")
+    return [table.slice(i, rows_per_block) for i in range(0, table.num_rows, rows_per_block)]
+
+
 def _few(ids: list[str], limit: int = 10) -> str:
     return ", ".join(ids[:limit]) + (f", ... (+{len(ids) - limit})" if len(ids) > limit else "")
 

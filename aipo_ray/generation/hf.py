@@ -23,6 +23,7 @@ from .base import (
     count_until_eos,
     eos_token_ids,
     finish_reason,
+    prompt_blocks,
     user_messages,
 )
 
@@ -141,13 +142,15 @@ def generate_hf(
     """The `hf` Generator: `cfg.num_replicas` actors, `cfg.batch_size` prompts per generate call."""
     import ray.data
 
-    # Blocks of one batch each, so every replica of the pool gets work, not just the first.
-    return ds.repartition(target_num_rows_per_block=cfg.batch_size).map_batches(
+    blocks = prompt_blocks(ds, cfg.batch_size)
+    if not blocks:
+        return ray.data.from_arrow(GENERATIONS.empty_table())
+    # Ray Data restarts a dead actor and retries its batch (max_restarts=-1 by default).
+    return ray.data.from_arrow(blocks).map_batches(
         HFGenerator,
         fn_constructor_kwargs=dict(model_uri=model_uri, sampling=sampling, storage=storage,
                                    dtype=cfg.dtype),
-        compute=ray.data.ActorPoolStrategy(size=cfg.num_replicas),
+        compute=ray.data.ActorPoolStrategy(size=min(cfg.num_replicas, len(blocks))),
         num_cpus=cfg.cpus_per_replica, num_gpus=cfg.gpus_per_replica,
         batch_size=cfg.batch_size, batch_format="numpy",
-        max_restarts=cfg.max_retries, max_task_retries=cfg.max_retries,
     )

@@ -20,8 +20,11 @@ import os
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
 from aipo_ray.config import GenerationConfig, StorageConfig
 from aipo_ray.models import resolve_model_path
+from aipo_ray.storage.schemas import GENERATIONS
 
 from .base import (
     Sampling,
@@ -29,15 +32,16 @@ from .base import (
     count_until_eos,
     eos_token_ids,
     finish_reason,
+    prompt_blocks,
     user_messages,
 )
 
 if TYPE_CHECKING:
     import ray.data
 
-# Expanding rows, chat template, tokenize, detokenize and the pre/post maps do little work;
-# a whole CPU each would starve the engine on small machines, where the streaming executor
-# then waits forever for a CPU (2 cores must hold 3 helper actors, 1 engine and the maps).
+# Chat template, tokenize, detokenize and the pre/post maps do little work; a whole CPU each
+# would starve the engine on small machines, where the streaming executor then waits forever
+# for a CPU (2 cores must hold 3 helper actors, 1 engine and the maps).
 _HELPER_STAGE_CPUS = 0.25
 # vLLM-CPU's default KV cache is sized for servers; 2 GiB fits a laptop and small models.
 _CPU_KVCACHE_GIB = "2"
@@ -48,21 +52,24 @@ def generate_vllm(
     storage: StorageConfig | None,
 ) -> ray.data.Dataset:
     """The `vllm` Generator: `cfg.num_replicas` engines of `cfg.tensor_parallel_size` workers."""
+    import ray.data
     from ray.data.llm import build_processor
 
+    blocks = [_expand(b, sampling) for b in prompt_blocks(ds, cfg.batch_size)]
+    if not blocks:
+        return ray.data.from_arrow(GENERATIONS.empty_table())
     path = resolve_model_path(model_uri, storage)
     light = {"num_cpus": _HELPER_STAGE_CPUS}
     processor = build_processor(
-        processor_config(path, cfg),
+        processor_config(path, cfg, requests_per_batch=cfg.batch_size * sampling.n),
         preprocess=partial(_to_request, sampling=sampling),
         postprocess=partial(_to_row, eos_ids=_eos_ids(path), max_tokens=sampling.max_tokens),
         preprocess_map_kwargs=light, postprocess_map_kwargs=light,
     )
-    expanded = ds.flat_map(partial(_expand, n=sampling.n, seed=sampling.seed), **light)
-    return processor(expanded)
+    return processor(ray.data.from_arrow(blocks))
 
 
-def processor_config(model_path: str, cfg: GenerationConfig):
+def processor_config(model_path: str, cfg: GenerationConfig, requests_per_batch: int):
     """The `vLLMEngineProcessorConfig`: GPU bundles and bf16 on GPUs, CPU bundles and fp32 on CPU."""
     from ray.data.llm import vLLMEngineProcessorConfig
 
@@ -77,7 +84,7 @@ def processor_config(model_path: str, cfg: GenerationConfig):
         engine_kwargs=engine_kwargs(cfg),
         # int: an autoscaling pool of 1..num_replicas engines, so a smaller cluster still runs.
         concurrency=cfg.num_replicas,
-        batch_size=cfg.batch_size,
+        batch_size=requests_per_batch,
         accelerator_type=None,
         placement_group_config={"bundles": [_bundle(cfg)] * cfg.tensor_parallel_size},
         # Engine metrics need a Prometheus-enabled Ray; without one the actor dies at start.
@@ -118,13 +125,17 @@ def _eos_ids(path: str) -> list[int]:
     return eos_token_ids(tokenizer, generation_config)
 
 
-def _expand(row: dict[str, Any], n: int, seed: int) -> list[dict[str, Any]]:
-    pid = str(row["prompt_id"])
-    return [
-        {"prompt_id": pid, "prompt": row["prompt"], "candidate_idx": j,
-         "seed": candidate_seed(seed, pid, j)}
-        for j in range(n)
-    ]
+def _expand(prompts: pa.Table, sampling: Sampling) -> pa.Table:
+    """One row per (prompt, candidate), each carrying its own seed."""
+    ids = [str(p) for p in prompts["prompt_id"].to_pylist()]
+    n = sampling.n
+    return pa.table({
+        "prompt_id": [pid for pid in ids for _ in range(n)],
+        "prompt": [p for p in prompts["prompt"].to_pylist() for _ in range(n)],
+        "candidate_idx": pa.array([j for _ in ids for j in range(n)], pa.int32()),
+        "seed": pa.array([candidate_seed(sampling.seed, pid, j) for pid in ids for j in range(n)],
+                         pa.int64()),
+    })
 
 
 def _to_request(row: dict[str, Any], sampling: Sampling) -> dict[str, Any]:
