@@ -1,0 +1,63 @@
+"""Issue 6: `ray job submit -- python pipelines/run_iterative.py` against a `ray start --head`."""
+
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aipo_ray.storage import RunDir
+from aipo_ray.storage.checkpoint import verify_checkpoint
+
+from .conftest import tiny_run_config
+from .processes import REPO, child_env, free_port, kill_group
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A head node of our own (never `ray stop`: that would stop every cluster on the machine)."""
+    gcs, dashboard = free_port(), free_port()
+    ray_bin = Path(sys.executable).parent / "ray"
+    log = tmp_path / "head.log"
+    proc = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
+         "--object-store-memory=300000000", "--include-dashboard=true",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         f"--temp-dir={tmp_path / 'ray'}", "--disable-usage-stats"],
+        env=child_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=2)
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                kill_group(proc)
+                raise AssertionError(f"ray head did not come up:\n{log.read_text()[-3000:]}") from None
+            time.sleep(0.5)
+    yield address
+    kill_group(proc, signal.SIGTERM)
+
+
+def test_ray_job_submit_runs_an_iteration_on_a_started_cluster(tmp_path, tiny_llama_path, ray_head):
+    run_dir = str(tmp_path / "run")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(tiny_run_config(tiny_llama_path, run_dir,
+                                                     tmp_path / "prompts.jsonl", iterations=1)))
+    ray_bin = Path(sys.executable).parent / "ray"
+    result = subprocess.run(
+        [str(ray_bin), "job", "submit", "--address", ray_head, "--",
+         sys.executable, str(REPO / "pipelines" / "run_iterative.py"), "--config", str(config)],
+        env=child_env(), capture_output=True, text=True, timeout=900, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "succeeded" in result.stdout
+    rd = RunDir(run_dir)
+    assert rd.latest_model() == "iter_001"
+    verify_checkpoint(rd.model_uri(1))
