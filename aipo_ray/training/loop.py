@@ -186,7 +186,7 @@ def _restore(w: Worker) -> int:
         with open(os.path.join(directory, TRAINER_STATE)) as f:
             trainer_state = json.load(f)
     w.scheduler.load_state_dict(trainer_state["scheduler"])
-    log.info("rank %d: resumed after step %d", w.rank, trainer_state["step"])
+    print(f"[aipo train] rank {w.rank}: resumed after step {trainer_state['step']}", flush=True)
     return int(trainer_state["step"])
 
 

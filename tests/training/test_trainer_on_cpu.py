@@ -15,13 +15,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from aipo_ray.config import LossConfig, ModelConfig, RunConfig, TrainingConfig
 from aipo_ray.config.generation import GenerationConfig
-from aipo_ray.losses import PairLogps, build_loss
 from aipo_ray.storage import make_prompt_id
 from aipo_ray.storage.checkpoint import verify_checkpoint
-from aipo_ray.training import PairEncoder, collate_pairs
-from aipo_ray.training.logps import full_vocab_response_logps
+from aipo_ray.training import PairEncoder
 from aipo_ray.training.reference import compute_ref_logps
 from aipo_ray.training.trainer import batch_plan, train_policy
+
+from .plain import assert_weights_match, plain_logps, plain_train
 
 PROMPTS = [
     "Name a primary colour.",
@@ -75,27 +75,13 @@ def dpo_run(ray_cluster, tiny_llama_path, tmp_path_factory):
             "metrics": [json.loads(ln) for ln in lines]}
 
 
-def _plain_logps(model, tokenizer, config, rows):
-    """Independent of the chunked path: full-vocabulary logits from the plain HF forward."""
-    enc = PairEncoder(tokenizer, config.training.max_prompt_length,
-                      config.training.max_response_length)
-    pairs = enc.encode_many([PROMPTS[i] for i in rows], [CHOSEN[i] for i in rows],
-                            [REJECTED[i] for i in rows])
-    batch = collate_pairs(pairs, enc.pad_token_id)
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    logps = full_vocab_response_logps(logits, batch.input_ids, batch.response_mask)
-    lengths = batch.response_mask.sum(-1).float()
-    b = len(rows)
-    return logps[:b], logps[b:], lengths[:b], lengths[b:]
-
-
 def test_reference_logps_equal_the_trainers_logps(dpo_run, tiny_llama_path):
     ref, config = dpo_run["ref"], dpo_run["config"]
     assert ref.column("prompt_id").to_pylist() == dpo_run["pairs"].column("prompt_id").to_pylist()
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_path, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_path)
     with torch.no_grad():
-        chosen, rejected, chosen_len, rejected_len = _plain_logps(model, tokenizer, config, range(5))
+        chosen, rejected, chosen_len, rejected_len = plain_logps(model, tokenizer, config, dpo_run["pairs"], range(5))
     torch.testing.assert_close(torch.tensor(ref.column("ref_chosen_logp").to_pylist(), dtype=torch.float64),
                                chosen.double(), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(torch.tensor(ref.column("ref_rejected_logp").to_pylist(), dtype=torch.float64),
@@ -144,42 +130,14 @@ def test_two_worker_fsdp2_matches_single_process_pytorch(dpo_run, tiny_llama_pat
     """The same two AdamW steps (4 pairs, then the 1-pair tail) in plain PyTorch.
 
     Tolerance: every weight within 1e-5 (1% of one Adam step at lr 1e-3) and all but 0.01% of
-    them within 1e-7. fp32 sums run in another order across shards and micro-batches, and Adam
-    divides by √v: where a gradient is near zero, rounding noise grows to ~2e-6.
+    them within 1e-7: fp32 sums run in another order across shards and micro-batches.
     """
-    config = dpo_run["config"]
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_path, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_path)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, eps=ADAM_EPS, weight_decay=0.0,
-                                  foreach=False)
-    loss_fn = build_loss("dpo", beta=0.1)
-    ref = dpo_run["ref"]
-    plan = batch_plan(config, 5)
-    grad_norms = []
-    for step in range(plan.total_steps):
-        rows = plan.step_indices(step)
-        chosen, rejected, chosen_len, rejected_len = _plain_logps(model, tokenizer, config, rows)
-        ref_c = torch.tensor([ref.column("ref_chosen_logp")[i].as_py() for i in rows]).float()
-        ref_r = torch.tensor([ref.column("ref_rejected_logp")[i].as_py() for i in rows]).float()
-        loss = loss_fn(PairLogps(chosen, rejected, ref_c, ref_r, chosen_len, rejected_len)).losses.mean()
-        loss.backward()
-        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)))
-        optimizer.step()
-        optimizer.zero_grad()
+    expected, grad_norms = plain_train(tiny_llama_path, dpo_run["config"], dpo_run["pairs"],
+                                       dpo_run["ref"])
     assert [m["grad_norm"] for m in dpo_run["metrics"]] == pytest.approx(grad_norms, rel=1e-4)
-    trained = AutoModelForCausalLM.from_pretrained(str(dpo_run["out"] / "model"),
-                                                   dtype=torch.float32)
+    trained = AutoModelForCausalLM.from_pretrained(str(dpo_run["out"] / "model"), dtype=torch.float32)
     initial = AutoModelForCausalLM.from_pretrained(tiny_llama_path, dtype=torch.float32)
-    expected, initial_sd = model.state_dict(), initial.state_dict()
-    moved, loose, total = 0, 0, 0
-    for name, tensor in trained.state_dict().items():
-        diff = (tensor - expected[name]).abs()
-        assert diff.max() <= 1e-5, f"{name}: max |Δ| {diff.max():.3g}"
-        loose += int((diff > 1e-7).sum())
-        total += diff.numel()
-        moved += int(not torch.equal(tensor, initial_sd[name]))
-    assert loose <= 1e-4 * total, f"{loose} of {total} weights differ by more than 1e-7"
-    assert moved == len(expected)  # every tensor was trained
+    assert_weights_match(trained.state_dict(), expected, initial.state_dict())
 
 
 def test_trained_model_is_committed_and_loads_in_transformers(dpo_run):
