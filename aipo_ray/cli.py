@@ -82,6 +82,7 @@ def cmd_serve(args) -> int:
 
     serve_checkpoint(args.checkpoint, config_path=args.config, overrides=args.overrides,
                      blocking=True)
+    print("stopped serving")
     return 0
 
 

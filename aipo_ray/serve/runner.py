@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import signal
 import socket
-import time
+import threading
 from dataclasses import dataclass
 
 from aipo_ray.config import RunConfig, StorageConfig, load_config
@@ -96,16 +97,38 @@ def serve_checkpoint(checkpoint: str, config_path: str | None = None,
     cfg = config.serve
     port = cfg.port or free_port(cfg.host)
     init_ray(config.ray)
-    serve.start(http_options={"host": cfg.host, "port": port})
-    serve.run(build_app(checkpoint, config, model_uri), name=APP_NAME, route_prefix="/",
-              blocking=False)
+    stop = stop_event() if blocking else None
+    try:
+        serve.start(http_options={"host": cfg.host, "port": port})
+        serve.run(build_app(checkpoint, config, model_uri), name=APP_NAME, route_prefix="/",
+                  blocking=False)
+    except BaseException:
+        serve.shutdown()  # a failed deployment must not leave replicas holding the port
+        raise
     served = ServedApp(url=f"http://{cfg.host}:{port}", model=checkpoint)
     log.info("serving %s at %s (POST /v1/chat/completions, POST /rank)", checkpoint, served.url)
     if blocking:
         print(f"serving {checkpoint} at {served.url}; Ctrl-C stops", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        finally:
-            served.shutdown()
+        wait_for_stop(stop)
+        served.shutdown()
     return served
+
+
+def stop_event() -> threading.Event:
+    """Set on SIGTERM (what `kill` and Kubernetes send). Installed after `ray.init`, which
+    replaces the handler with one that exits at once, and before Serve starts, so a SIGTERM
+    while the replicas come up still shuts Serve down cleanly."""
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    return stop
+
+
+def wait_for_stop(stop: threading.Event) -> None:
+    """Block until Ctrl-C or `stop` is set."""
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    log.info("stopping Serve")
