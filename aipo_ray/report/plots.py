@@ -145,26 +145,30 @@ def training_curves(metrics: dict[int, pd.DataFrame]) -> Figure | None:
 
 
 def win_rates(evaluation: dict | None) -> Figure | None:
-    """Win rate and length-controlled win rate per model with bootstrap intervals."""
+    """Win rate (solid) and length-controlled win rate (dashed) per model, one colour per
+    baseline kind, with bootstrap intervals."""
     comps = (evaluation or {}).get("comparisons") or []
     if not comps:
         return None
     fig, ax = _subplots((8, 4.5))
     kinds = sorted({c["kind"] for c in comps})
-    width = 0.8 / (2 * len(kinds))
     for k, kind in enumerate(kinds):
         rows = sorted((c for c in comps if c["kind"] == kind), key=lambda c: c["iteration"])
         x = np.array([c["iteration"] for c in rows], dtype=float)
-        for j, (key, label) in enumerate((("win_rate", "WR"), ("lc_win_rate", "LC WR"))):
+        color = f"C{k}"
+        for j, (key, label, style) in enumerate((("win_rate", "WR", "o-"),
+                                                 ("lc_win_rate", "LC WR", "s--"))):
             y = np.array([c[key] for c in rows])
-            ci = np.array([c[f"{key}_ci"] for c in rows]).T
-            pos = x + (2 * k + j - len(kinds) + 0.5) * width
-            ax.errorbar(pos, y, yerr=np.abs(ci - y), fmt="o" if j == 0 else "s", capsize=3,
-                        label=f"{label} {kind}")
-    ax.axhline(0.5, color="black", lw=0.8, ls="--")
+            err = np.abs(np.array([c[f"{key}_ci"] for c in rows]).T - y)
+            # a small offset so the two intervals of one model do not hide each other
+            ax.errorbar(x + (2 * k + j - len(kinds) + 0.5) * 0.06, y, yerr=err, fmt=style,
+                        color=color, mfc="white" if j else color, capsize=3,
+                        label=f"{label} {kind.replace('_', ' ')}")
+    its = sorted({c["iteration"] for c in comps})
+    ax.axhline(0.5, color="black", lw=0.8, ls=":")
     ax.set(title="Win rate per iteration (bootstrap CI)", xlabel="model iteration",
-           ylabel="win rate", ylim=(0, 1))
-    ax.set_xticks(sorted({c["iteration"] for c in comps}))
+           ylabel="win rate", ylim=(0, 1), xlim=(its[0] - 0.5, its[-1] + 0.5))
+    ax.set_xticks(its)
     ax.legend(fontsize=8)
     return fig
 
