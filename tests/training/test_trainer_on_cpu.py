@@ -62,9 +62,12 @@ def make_config(model_path: str, **training) -> RunConfig:
 
 @pytest.fixture(scope="module")
 def dpo_run(ray_cluster, tiny_llama_path, tmp_path_factory):
-    """5 pairs, global batch 4 on 2 workers × micro 1 × accum 2: steps of 4 and then 1 pair."""
+    """5 pairs, global batch 4 on 2 workers × micro 1 × accum 2: steps of 4 and then 1 pair.
+
+    Activation checkpointing is on: it must not change a single result below.
+    """
     out = tmp_path_factory.mktemp("dpo-run")
-    config = make_config(tiny_llama_path, adam_eps=ADAM_EPS)
+    config = make_config(tiny_llama_path, adam_eps=ADAM_EPS, gradient_checkpointing=True)
     pairs = make_pairs()
     ref = compute_ref_logps(config, pairs, tiny_llama_path)
     result = train_policy(config, pairs, ref, tiny_llama_path, output_uri=str(out / "model"),
