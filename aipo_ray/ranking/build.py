@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from aipo_ray.config import RankingConfig
+from aipo_ray.config import RankingConfig, StorageConfig
 
 from .base import PairwiseRanker, Ranker
 from .python_fn import CallableRanker
@@ -24,7 +24,9 @@ def _dtype(cfg: RankingConfig, device: str, gpu_default: torch.dtype) -> torch.d
     return gpu_default if device.startswith("cuda") else torch.float32
 
 
-def judge_model_path(cfg: RankingConfig, policy_model_path: str | None) -> str:
+def judge_model_path(
+    cfg: RankingConfig, policy_model_path: str | None, storage: StorageConfig | None = None
+) -> str:
     """The judge LM: 'policy' means θ_t itself; otherwise a dir, hub name or builtin:NAME."""
     from aipo_ray.models import resolve_model_path
 
@@ -33,17 +35,18 @@ def judge_model_path(cfg: RankingConfig, policy_model_path: str | None) -> str:
             raise ValueError("ranking.model = 'policy' but no policy model path was given")
         # θ_t arrives as a run's model URI (pointer or committed checkpoint): resolve it here,
         # inside the actor, so each node fetches its own copy.
-        return resolve_model_path(policy_model_path)
+        return resolve_model_path(policy_model_path, storage)
     if cfg.model == RankingConfig.model_fields["model"].default:
         raise ValueError(
             f"ranking.backend = 'llm_judge' needs ranking.model set to a causal LM or 'policy', "
             f"not the PairRM default {cfg.model!r}"
         )
-    return resolve_model_path(cfg.model)
+    return resolve_model_path(cfg.model, storage)
 
 
 def build_ranker(
-    cfg: RankingConfig, policy_model_path: str | None = None, device: str | None = None
+    cfg: RankingConfig, policy_model_path: str | None = None, device: str | None = None,
+    storage: StorageConfig | None = None,
 ) -> Ranker:
     """The `pairrm`, `llm_judge` or `callable` backend, loaded on `device` (default: see pick_device)."""
     device = device or pick_device(cfg)
@@ -59,7 +62,7 @@ def build_ranker(
         from .llm_judge import LLMJudge
 
         judge = LLMJudge.from_pretrained(
-            judge_model_path(cfg, policy_model_path), device=device,
+            judge_model_path(cfg, policy_model_path, storage), device=device,
             dtype=_dtype(cfg, device, torch.bfloat16), batch_size=cfg.pair_batch_size,
             max_prompt_tokens=cfg.judge_max_prompt_tokens,
             max_response_tokens=cfg.judge_max_response_tokens,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from aipo_ray.config import RankingConfig
+from aipo_ray.config import RankingConfig, StorageConfig
 from aipo_ray.storage.schemas import RANKINGS
 
 from .build import build_ranker
@@ -34,6 +34,7 @@ class RankBatch:
         policy_model_path: str | None = None,
         device: str | None = None,
         score_fn: Any = None,
+        storage: StorageConfig | dict | None = None,
     ):
         # `score_fn` is a user's function object passed from Python (custom DAGs); it wins
         # over the configured backend.
@@ -41,7 +42,9 @@ class RankBatch:
             self.ranker = CallableRanker(score_fn)
             return
         cfg = ranking if isinstance(ranking, RankingConfig) else RankingConfig.model_validate(ranking)
-        self.ranker = build_ranker(cfg, policy_model_path, device=device)
+        if isinstance(storage, dict):
+            storage = StorageConfig.model_validate(storage)
+        self.ranker = build_ranker(cfg, policy_model_path, device=device, storage=storage)
 
     def __call__(self, batch: Any) -> pa.Table:
         columns = _columns(batch)
@@ -78,12 +81,15 @@ def _columns(batch: Any) -> dict[str, list]:
     return data
 
 
-def rank_map_kwargs(cfg: RankingConfig, policy_model_path: str | None = None) -> dict[str, Any]:
+def rank_map_kwargs(
+    cfg: RankingConfig, policy_model_path: str | None = None, storage: StorageConfig | None = None
+) -> dict[str, Any]:
     """`map_batches` arguments that give each ranker actor its own declared resources."""
     import ray
 
     return dict(
-        fn_constructor_kwargs={"ranking": cfg.model_dump(), "policy_model_path": policy_model_path},
+        fn_constructor_kwargs={"ranking": cfg.model_dump(), "policy_model_path": policy_model_path,
+                               "storage": storage},
         compute=ray.data.ActorPoolStrategy(size=cfg.num_replicas),
         batch_size=cfg.batch_size,
         batch_format="pyarrow",

@@ -42,7 +42,7 @@ class RankStage:
             return StageResult(rows_in=0, rows_out=0)
         init_ray(ctx.config.ray)
         cfg = ctx.config.ranking
-        kwargs = rank_map_kwargs(cfg, ctx.policy_uri)
+        kwargs = rank_map_kwargs(cfg, ctx.policy_uri, ctx.config.storage)
         if self.ranker is not None:
             kwargs["fn_constructor_kwargs"] = {**kwargs["fn_constructor_kwargs"],
                                                "score_fn": self.ranker}
