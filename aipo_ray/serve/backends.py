@@ -77,8 +77,9 @@ class HFChat:
                                                   tokenize=False)
         enc = self.tokenizer(text, add_special_tokens=False, return_tensors="pt").to(self.device)
         # Fresh config: the checkpoint's own sampling defaults must not change what a request means.
+        pad = self.tokenizer.pad_token_id
         config = GenerationConfig(max_new_tokens=max_tokens, do_sample=False, num_beams=1,
-                                  pad_token_id=self.tokenizer.pad_token_id or self.eos_ids[0],
+                                  pad_token_id=self.eos_ids[0] if pad is None else pad,
                                   eos_token_id=self.eos_ids)
         kwargs: dict[str, Any] = {"generation_config": config}
         if temperature > 0:

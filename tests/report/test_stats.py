@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -115,3 +116,16 @@ def test_stats_stage_without_reference_reports_null_sref(tmp_path):
     assert stats["length"]["chosen"]["count"] == 12  # lengths still come from the generations
     again = run_stage(StatsStage(), StageContext(config=config, run_dir=rd, iteration=1))
     assert again.get("skipped") is True
+
+
+def test_embedding_similarity_from_a_configured_encoder(tmp_path, tiny_llama_path):
+    from aipo_ray.report.similarity import build_similarity
+
+    sim = build_similarity(tiny_llama_path)
+    values = sim(["the same text", "a cat sat", ""], ["the same text", "quantum flux", "x"])
+    assert values.shape == (3,)
+    assert values[0] == pytest.approx(1.0, abs=1e-5)  # identical texts
+    assert np.all(values <= 1.0 + 1e-5) and np.all(values >= -1.0 - 1e-5)
+    assert values[1] < values[0]
+    assert sim.method == f"embedding_cosine:{tiny_llama_path}"
+    assert len(sim([], [])) == 0
