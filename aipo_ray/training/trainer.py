@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import uuid
 from typing import Any
 
@@ -66,7 +67,8 @@ def train_policy(
     receives one JSON line per optimizer step. Mid-epoch checkpoints for worker-failure resume
     go to `storage_path` (default: `<storage.local_cache_dir>/ray_train`; use a shared path or
     s3:// on a multi-node cluster). `run_name` names the Ray Train run: a rerun with the same
-    name resumes from its last checkpoint. Returns the plan and the last step's metrics.
+    name after a crash resumes from its last checkpoint; a finished run's checkpoints are
+    deleted. Returns the plan and the last step's metrics.
     """
     import ray
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -80,6 +82,7 @@ def train_policy(
     plan = batch_plan(config, table.num_rows)
     log.info("training: %s", plan.describe())
     init_ray(config.ray)
+    ray_run = _ray_run_config(config, run_name or f"aipo-train-{uuid.uuid4().hex[:8]}", storage_path)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -88,15 +91,29 @@ def train_policy(
         },
         scaling_config=_scaling_config(config),
         torch_config=TorchConfig(backend="nccl" if config.training.use_gpu else "gloo"),
-        run_config=_ray_run_config(config, run_name or f"aipo-train-{uuid.uuid4().hex[:8]}",
-                                   storage_path),
+        run_config=ray_run,
     )
     result = trainer.fit()
     if result.error is not None:
         raise result.error
+    _drop_resume_checkpoints(config, ray_run)
     return {"plan": plan.describe(), "steps": plan.total_steps,
             "metrics": last_metrics(metrics_uri, config), "model_uri": output_uri,
             "metrics_uri": metrics_uri}
+
+
+def _drop_resume_checkpoints(config: RunConfig, ray_run) -> None:
+    """Delete the finished run's mid-epoch checkpoints (sharded model + optimizer: large).
+
+    Ray Train restores a run from its storage directory by name, so leaving them would make a
+    forced rerun of the stage resume a finished run instead of training afresh.
+    """
+    from aipo_ray.storage import filesystem, with_retries
+
+    uri = posixpath.join(ray_run.storage_path, ray_run.name)
+    fs, path = filesystem(uri, config.storage)
+    if with_retries(lambda: fs.exists(path), f"stat {uri}", config.storage):
+        with_retries(lambda: fs.rm(path, recursive=True), f"remove {uri}", config.storage)
 
 
 def last_metrics(metrics_uri: str, config: RunConfig) -> dict[str, Any]:

@@ -150,3 +150,4 @@ def test_trained_model_is_committed_and_loads_in_transformers(dpo_run):
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= names
     model = AutoModelForCausalLM.from_pretrained(str(out))
     assert model.config.num_hidden_layers == 2
+    assert list((dpo_run["out"] / "ray").iterdir()) == []  # a finished run keeps no resume state

@@ -20,7 +20,6 @@ class CommitStage:
 
     def run(self, ctx: StageContext) -> StageResult:
         local = materialize_checkpoint(staged_model_uri(ctx), ctx.config.storage)
-        uri = commit_checkpoint(local, ctx.run_dir, ctx.iteration)
-        assert uri == ctx.output_model_uri
+        uri = commit_checkpoint(local, ctx.run_dir, ctx.iteration)  # == ctx.output_model_uri
         return StageResult(rows_in=0, rows_out=0, extra={"model_uri": uri,
                                                          "latest": ctx.run_dir.latest_model()})
