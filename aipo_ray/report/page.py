@@ -150,8 +150,15 @@ def eval_table(view: RunView) -> str:
 
     rows = [[c["model"], c["baseline"], c["n"], ci(c, "win_rate"), ci(c, "lc_win_rate"),
              f"{c['wins']}/{c['ties']}/{c['losses']}", c["mean_length_diff"]] for c in comps]
-    return H.table(["model", "baseline", "prompts", "WR [CI]", "LC WR [CI]", "win/tie/loss",
-                    "mean Δlen"], rows, left=2)
+    table = H.table(["model", "baseline", "prompts", "WR [CI]", "LC WR [CI]", "win/tie/loss",
+                     "mean Δlen"], rows, left=2)
+    # The models' own answer lengths on the held-out prompts: length exploitation at its source.
+    models = (view.evaluation or {}).get("models") or {}
+    if models:
+        table += H.table(["model", "answers", "mean tokens", "mean chars", "truncated"],
+                         [[name, m.get("responses"), m.get("mean_tokens"), m.get("mean_chars"),
+                           m.get("truncated")] for name, m in sorted(models.items())])
+    return table
 
 
 def render(view: RunView, uri: str) -> tuple[str, list[H.Section]]:

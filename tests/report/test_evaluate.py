@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from aipo_ray.cli import main
@@ -82,3 +83,33 @@ def test_eval_refuses_a_run_with_no_committed_model(tmp_path):
     rd.write_json("models/iter_000/pointer.json", {"path": "x"})
     with pytest.raises(ValueError, match="nothing to compare yet"):
         evaluate_run(rd.uri)
+
+
+def test_heldout_prompts_exclude_trained_ones_and_say_when_none_are_left(tmp_path):
+    from aipo_ray.config import RunConfig
+    from aipo_ray.report.evaluate import heldout_prompts
+    from aipo_ray.storage import RunDir, write_success
+
+    prompts = tmp_path / "seed.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    cfg = RunConfig.model_validate({"model": {"path": "m"}, "eval": {"num_prompts": 3, "seed": 1},
+                                    "prompts": {"sources": [{"path": str(prompts)}]}})
+    rd = RunDir(str(tmp_path / "run"))
+    frame, source = heldout_prompts(cfg, rd)  # nothing trained yet: any 3 of the 8
+    assert len(frame) == 3 and source == "seed prompts not used in training"
+    assert heldout_prompts(cfg, rd)[0].equals(frame)  # seeded: the same sample every time
+    trained = pd.DataFrame({"prompt_id": [make_prompt_id(p) for p in PROMPTS[:6]],
+                            "prompt": PROMPTS[:6], "chosen": "a", "rejected": "b",
+                            "chosen_score": 1.0, "rejected_score": 0.0})
+
+
+    rd.write_stage_table(1, "pairs", pa.Table.from_pandas(trained, preserve_index=False))
+    write_success(rd.fs, rd.stage_path(1, "pairs"), {"rows_out": 6})
+    frame, _ = heldout_prompts(cfg, rd)
+    assert sorted(frame["prompt"]) == sorted(PROMPTS[6:])
+    trained = trained.assign(prompt_id=[make_prompt_id(p) for p in PROMPTS[2:]],
+                             prompt=PROMPTS[2:])
+    rd.write_stage_table(2, "pairs", pa.Table.from_pandas(trained, preserve_index=False))
+    write_success(rd.fs, rd.stage_path(2, "pairs"), {"rows_out": 6})
+    with pytest.raises(ValueError, match=r"no held-out prompts.*set eval\.prompts"):
+        heldout_prompts(cfg, rd)

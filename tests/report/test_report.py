@@ -62,11 +62,14 @@ def test_report_shows_eval_json_win_rates(tmp_path):
               "iteration": i, "n": 10, "wins": 6, "ties": 1, "losses": 3, "win_rate": 0.65,
               "win_rate_ci": [0.4, 0.85], "lc_win_rate": 0.55, "lc_win_rate_ci": [0.3, 0.8],
               "mean_length_diff": 4.0} for i in (1, 2)]
-    rd.write_json("eval.json", {"comparisons": comps})
+    models = {f"iter_00{i}": {"responses": 10, "mean_tokens": 20.0 + 15 * i, "mean_chars": 90.0,
+                              "truncated": i} for i in (0, 1, 2)}
+    rd.write_json("eval.json", {"comparisons": comps, "models": models})
     write_report(str(run), output=str(tmp_path / "out"))
     page = (tmp_path / "out" / "index.html").read_text()
     assert "win_rate" in embedded_sections(page)
     assert "0.650 [0.400, 0.850]" in page
+    assert "<td class=l>iter_002</td><td>10</td><td>50.00</td>" in page  # answer length per model
     assert non_blank((tmp_path / "out" / "win_rate.png").read_bytes())
 
 
