@@ -101,8 +101,6 @@ def test_heldout_prompts_exclude_trained_ones_and_say_when_none_are_left(tmp_pat
     trained = pd.DataFrame({"prompt_id": [make_prompt_id(p) for p in PROMPTS[:6]],
                             "prompt": PROMPTS[:6], "chosen": "a", "rejected": "b",
                             "chosen_score": 1.0, "rejected_score": 0.0})
-
-
     rd.write_stage_table(1, "pairs", pa.Table.from_pandas(trained, preserve_index=False))
     write_success(rd.fs, rd.stage_path(1, "pairs"), {"rows_out": 6})
     frame, _ = heldout_prompts(cfg, rd)
