@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from aipo_ray.config import RunConfig, apply_overrides, build_config
 from aipo_ray.storage import RUN_JSON, RunDir, read_success, with_retries
@@ -97,8 +98,10 @@ def read_finished_table(run_dir: RunDir, iteration: int, name: str) -> pd.DataFr
         return run_dir.read_stage_table(iteration, name).to_pandas()
     except FileNotFoundError:
         return None
-    except SchemaError as e:
-        log.warning("%s: %s; left out of the report", run_dir.uri, e)
+    except (SchemaError, pa.ArrowException, OSError) as e:
+        # A damaged part file costs its table, not the whole report; an unreachable store
+        # (StorageError) still raises.
+        log.warning("%s iteration %d %s: %s; left out", run_dir.uri, iteration, name, e)
         return None
 
 

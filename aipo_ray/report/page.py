@@ -130,9 +130,9 @@ def stage_table(view: RunView) -> str:
     rows = []
     for it, s in sorted(view.stats.items()):
         for name, st in sorted((s.get("stages") or {}).items(), key=lambda kv: stage_order(kv[0])):
-            rejected = ", ".join(f"{k}: {v}" for k, v in sorted(st["rejected"].items())) or "—"
-            rows.append([it, name, st["rows_in"], st["rows_out"], st["rejected_total"],
-                         rejected, st["seconds"]])
+            reasons = sorted((st.get("rejected") or {}).items())
+            rows.append([it, name, st.get("rows_in"), st.get("rows_out"), st.get("rejected_total"),
+                         ", ".join(f"{k}: {v}" for k, v in reasons) or "—", st.get("seconds")])
     if not rows:
         return f"<div class=missing>{H.NA}</div>"
     return H.table(["iteration", "stage", "rows in", "rows out", "rejected", "reasons",

@@ -124,3 +124,13 @@ def test_report_reads_and_writes_an_s3_run(s3_storage):
     page = rd.fs.cat_file(rd.path("report", "index.html")).decode()
     assert embedded_sections(page) == ALL_PLOTS
     assert non_blank(rd.fs.cat_file(rd.path("report", "lengths.png")))
+
+
+def test_a_damaged_part_file_costs_its_table_not_the_report(tmp_path):
+    run = tmp_path / "run"
+    build_run(str(run), iterations=2, stats=False)  # stats computed live by the report
+    (run / "iter_002" / "ref_logps" / "part-00000.parquet").write_bytes(b"not parquet")
+    write_report(str(run))
+    page = (run / "report" / "index.html").read_text()
+    assert "2 (in progress)" in page
+    assert embedded_sections(page) == ALL_PLOTS  # iteration 1 still has every plot
