@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -139,6 +140,7 @@ def run_stage(stage: Stage, ctx: StageContext, force: bool = False) -> dict[str,
     started = time.time()
     result = stage.run(ctx)
     seconds = time.time() - started
+    _pause_for_tests(stage.name, where)
     _check_rejected_fraction(result, ctx.config.max_bad_row_fraction, where, directory)
     record = {
         "stage": stage.name, "iteration": ctx.iteration, "fingerprint": fp,
@@ -153,6 +155,18 @@ def run_stage(stage: Stage, ctx: StageContext, force: bool = False) -> dict[str,
     log.info("%s: done in %.1fs (%d in, %d out, %d rejected)", where, seconds, result.rows_in,
              result.rows_out, result.rejected_total)
     return record
+
+
+# Fault-injection hook (tests/reliability): with AIPO_TEST_PAUSE_IN_STAGE=<stage name> the driver
+# stops after that stage wrote its output and before its `_SUCCESS`, the widest window a crash can
+# hit, so a test can SIGKILL it there. Unset in every real run.
+PAUSE_ENV = "AIPO_TEST_PAUSE_IN_STAGE"
+
+
+def _pause_for_tests(name: str, where: str) -> None:
+    if os.environ.get(PAUSE_ENV) == name:
+        log.warning("%s: paused before _SUCCESS (%s)", where, PAUSE_ENV)
+        time.sleep(3600)
 
 
 def _check_rejected_fraction(result: StageResult, limit: float, where: str, directory: str) -> None:
