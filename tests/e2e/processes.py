@@ -24,11 +24,13 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start_driver(config: Path, log: Path, *args: str) -> subprocess.Popen:
-    """`python pipelines/run_iterative.py --config CONFIG` in its own process group."""
+def start_driver(config: Path, log: Path, *args: str, env: dict[str, str] | None = None
+                 ) -> subprocess.Popen:
+    """`python pipelines/run_iterative.py --config CONFIG` in its own process group; `env` adds
+    variables (e.g. the AIPO_TEST_PAUSE_IN_STAGE hook)."""
     cmd = [sys.executable, str(REPO / "pipelines" / "run_iterative.py"), "--config", str(config),
            *args]
-    return subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=log.open("wb"),
+    return subprocess.Popen(cmd, cwd=REPO, env=child_env(**(env or {})), stdout=log.open("wb"),
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
