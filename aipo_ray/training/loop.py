@@ -69,6 +69,8 @@ def _setup(loop_cfg: dict) -> Worker:
     config: RunConfig = loop_cfg["config"]
     ctx = ray.train.get_context()
     device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # the device mesh and NCCL use the current device
     torch.manual_seed(config.training.seed)
     param_dtype = compute_dtype(config, device.type == "cuda")
     _, tokenizer, causal_lm = load_policy(config, loop_cfg["policy_uri"], torch.float32)
