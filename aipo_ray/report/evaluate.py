@@ -91,9 +91,21 @@ def heldout_prompts(config: RunConfig, rd: RunDir) -> tuple[pd.DataFrame, str]:
     return frame[["prompt_id", "prompt"]], source
 
 
-def _responses_fingerprint(config: RunConfig, prompts: pd.DataFrame, model_uri: str) -> str:
+def model_identity(rd: RunDir, it: int) -> str | None:
+    """What a model's weights are: its `_COMMITTED` record (the manifest's sha256) or, for the
+    base, its pointer. A recommitted model gets new responses, not stale cached ones."""
+    from aipo_ray.models import POINTER
+    from aipo_ray.storage.checkpoint import COMMITTED
+
+    name = iteration_name(it)
+    return rd.read_text(posixpath.join(MODELS, name, COMMITTED)) or rd.read_text(
+        posixpath.join(MODELS, name, POINTER))
+
+
+def _responses_fingerprint(config: RunConfig, prompts: pd.DataFrame, model_uri: str,
+                           identity: str | None) -> str:
     cfg = config.eval
-    payload = {"prompts": sorted(prompts["prompt_id"]), "model": model_uri,
+    payload = {"prompts": sorted(prompts["prompt_id"]), "model": model_uri, "weights": identity,
                "max_tokens": cfg.max_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p,
                "backend": config.generation.backend, "seed": config.generation.seed}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -123,7 +135,7 @@ def model_responses(config: RunConfig, rd: RunDir, it: int, prompts: pd.DataFram
     """Responses of model `it`, from the cache when its fingerprint matches, else generated."""
     uri = rd.model_uri(it)
     directory = rd.path(RESPONSES, iteration_name(it))
-    fp = _responses_fingerprint(config, prompts, uri)
+    fp = _responses_fingerprint(config, prompts, uri, model_identity(rd, it))
     done = with_retries(lambda: tables.read_success(rd.fs, directory), "read eval cache", rd.storage)
     if done and done.get("fingerprint") == fp:
         return tables.read_table(rd.fs, directory).to_pandas()

@@ -73,6 +73,25 @@ def test_eval_reuses_cached_responses_and_runs_from_the_cli(evaluated, capsys):
     assert [c["kind"] for c in printed["comparisons"]] == ["vs_previous", "vs_previous"]
 
 
+def test_a_recommitted_model_is_not_judged_on_stale_responses(evaluated):
+    rd, _ = evaluated
+    marker = rd.path("models", "iter_002", "_COMMITTED")
+    original = rd.fs.cat_file(marker)
+    asked = []
+
+    def record(prompts, model_uri):
+        asked.append(model_uri)
+        raise RuntimeError("stop here")
+
+    try:
+        rd.fs.pipe_file(marker, b'{"manifest_sha256": "another-commit"}')
+        with pytest.raises(RuntimeError, match="stop here"):
+            evaluate_run(rd.uri, generate_fn=record)
+    finally:
+        rd.fs.pipe_file(marker, original)
+    assert asked == [rd.model_uri(2)]  # iter_000 and iter_001 came from the cache
+
+
 def test_eval_refuses_a_run_with_no_committed_model(tmp_path):
     from aipo_ray.config import RunConfig
     from aipo_ray.storage import RunDir
