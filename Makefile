@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install run test test-slow test-reliability test-all lint bench clean
+.PHONY: install run test test-slow test-reliability test-reliability-fast test-all lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,8 +42,13 @@ test: $(STAMP) lint
 test-slow: $(STAMP)
 	$(BIN)/pytest -m "slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
+# Every fault-injection test (docs/reliability.md), wherever it lives; `make test` already runs
+# the fast ones (marker `reliability`), this adds `reliability_slow`.
 test-reliability: $(STAMP)
-	$(BIN)/pytest tests/reliability -m "" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/pytest -m "reliability or reliability_slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+test-reliability-fast: $(STAMP)
+	$(BIN)/pytest -m "reliability and not reliability_slow and not slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-all: $(STAMP)
 	$(BIN)/pytest -m "" $(PYTEST_ARGS) || [ $$? -eq 5 ]
