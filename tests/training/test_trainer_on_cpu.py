@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from aipo_ray.config import LossConfig, ModelConfig, RunConfig, TrainingConfig
 from aipo_ray.config.generation import GenerationConfig
+from aipo_ray.losses import PairLogps, build_loss
 from aipo_ray.storage import make_prompt_id
 from aipo_ray.storage.checkpoint import verify_checkpoint
 from aipo_ray.training import PairEncoder
@@ -151,3 +152,25 @@ def test_trained_model_is_committed_and_loads_in_transformers(dpo_run):
     model = AutoModelForCausalLM.from_pretrained(str(out))
     assert model.config.num_hidden_layers == 2
     assert list((dpo_run["out"] / "ray").iterdir()) == []  # a finished run keeps no resume state
+
+
+@pytest.mark.slow  # its own Ray Train worker group: 30-90 s on 2 shared cores
+def test_reference_free_loss_trains_without_ref_logps(ray_cluster, tiny_llama_path, tmp_path):
+    config = make_config(tiny_llama_path, num_workers=1, global_batch_size=5, micro_batch_size=5)
+    config.loss = LossConfig(name="simpo")
+    pairs = make_pairs()
+    result = train_policy(config, pairs, None, tiny_llama_path, output_uri=str(tmp_path / "model"),
+                          metrics_uri=str(tmp_path / "metrics.jsonl"),
+                          storage_path=str(tmp_path / "ray"))
+    metrics = result["metrics"]
+    assert metrics["step"] == 1 and metrics["pairs"] == 5
+    assert "s_ref/mean" not in metrics  # nothing of a reference anywhere
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_path, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_path)
+    with torch.no_grad():
+        chosen, rejected, chosen_len, rejected_len = plain_logps(model, tokenizer, config, pairs,
+                                                                 range(5))
+        out = build_loss("simpo")(PairLogps(chosen, rejected, None, None, chosen_len, rejected_len))
+    assert metrics["loss"] == pytest.approx(float(out.losses.mean()), abs=1e-5)
+    assert metrics["rewards/margins"] == pytest.approx(float(out.metrics["rewards/margins"]), abs=1e-5)
+    verify_checkpoint(str(tmp_path / "model"))
