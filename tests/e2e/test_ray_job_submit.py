@@ -1,8 +1,10 @@
 """Issue 6: `ray job submit -- python pipelines/run_iterative.py` against a `ray start --head`."""
 
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -21,13 +23,16 @@ from .processes import REPO, child_env, free_port, kill_group
 def ray_head(tmp_path):
     """A head node of our own (never `ray stop`: that would stop every cluster on the machine)."""
     gcs, dashboard = free_port(), free_port()
+    # Ray's socket paths live under its temp dir and must stay under 107 bytes: pytest's
+    # tmp_path is too deep.
+    temp_dir = tempfile.mkdtemp(prefix="aipo-ray-", dir="/tmp")
     ray_bin = Path(sys.executable).parent / "ray"
     log = tmp_path / "head.log"
     proc = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
          "--object-store-memory=300000000", "--include-dashboard=true",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-         f"--temp-dir={tmp_path / 'ray'}", "--disable-usage-stats"],
+         f"--temp-dir={temp_dir}", "--disable-usage-stats"],
         env=child_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dashboard}"
@@ -43,6 +48,7 @@ def ray_head(tmp_path):
             time.sleep(0.5)
     yield address
     kill_group(proc, signal.SIGTERM)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_ray_job_submit_runs_an_iteration_on_a_started_cluster(tmp_path, tiny_llama_path, ray_head):
