@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from aipo_ray.config import RankingConfig, StorageConfig
 from aipo_ray.storage.schemas import RANKINGS
+from aipo_ray.watchdog import call_with_deadline
 
 from .build import build_ranker
 from .python_fn import CallableRanker
@@ -36,18 +37,24 @@ class RankBatch:
         score_fn: Any = None,
         storage: StorageConfig | dict | None = None,
     ):
+        cfg = ranking if isinstance(ranking, RankingConfig) else RankingConfig.model_validate(ranking)
+        self.timeout_s, self.max_retries = cfg.timeout_s, cfg.max_retries
         # `score_fn` is a user's function object passed from Python (custom DAGs); it wins
         # over the configured backend.
         if score_fn is not None:
             self.ranker = CallableRanker(score_fn)
             return
-        cfg = ranking if isinstance(ranking, RankingConfig) else RankingConfig.model_validate(ranking)
         if isinstance(storage, dict):
             storage = StorageConfig.model_validate(storage)
         self.ranker = build_ranker(cfg, policy_model_path, device=device, storage=storage)
 
     def __call__(self, batch: Any) -> pa.Table:
         columns = _columns(batch)
+        ids = [str(p) for p in columns["prompt_id"]]
+        return call_with_deadline(lambda: self._rank(columns), self.timeout_s, self.max_retries,
+                                  ids, "ranking")
+
+    def _rank(self, columns: dict[str, list]) -> pa.Table:
         prompts, candidates = columns["prompt"], columns["candidates"]
         scores: list[list[float]] = [[] for _ in prompts]
         best = np.full(len(prompts), -1, dtype=np.int32)
