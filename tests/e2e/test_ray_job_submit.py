@@ -57,11 +57,16 @@ def test_ray_job_submit_runs_an_iteration_on_a_started_cluster(tmp_path, tiny_ll
     config.write_text(yaml.safe_dump(tiny_run_config(tiny_llama_path, run_dir,
                                                      tmp_path / "prompts.jsonl", iterations=1)))
     ray_bin = Path(sys.executable).parent / "ray"
-    result = subprocess.run(
-        [str(ray_bin), "job", "submit", "--address", ray_head, "--",
-         sys.executable, str(REPO / "pipelines" / "run_iterative.py"), "--config", str(config)],
-        env=child_env(), capture_output=True, text=True, timeout=900, cwd=REPO,
-    )
+    submit = [str(ray_bin), "job", "submit", "--address", ray_head, "--",
+              sys.executable, str(REPO / "pipelines" / "run_iterative.py"), "--config", str(config)]
+    # The dashboard answers before the node's job agent registers; until then submit says
+    # "No available agent". Bounded: 30 tries, 2 s apart.
+    for _ in range(30):
+        result = subprocess.run(submit, env=child_env(), capture_output=True, text=True,
+                                timeout=900, cwd=REPO)
+        if "No available agent" not in result.stdout + result.stderr:
+            break
+        time.sleep(2)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "succeeded" in result.stdout
     rd = RunDir(run_dir)
