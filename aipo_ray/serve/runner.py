@@ -37,20 +37,38 @@ def free_port(host: str) -> int:
 
 
 def serve_config(checkpoint: str, config_path: str | None = None,
-                 overrides: list[str] | None = None) -> RunConfig:
+                 overrides: list[str] | None = None,
+                 storage: StorageConfig | None = None) -> RunConfig:
     """The config for ranking, storage and serve settings, with `model.path` = the checkpoint:
     `config_path` when given, else the run.json of the run holding `<run>/models/iter_NNN`,
     else the defaults."""
     overrides = [*(overrides or []), f"model.path={checkpoint}"]
     if config_path is None:
-        run_root = posixpath.dirname(posixpath.dirname(checkpoint.rstrip("/")))
-        if run_root and posixpath.basename(posixpath.dirname(checkpoint.rstrip("/"))) == MODELS:
-            from aipo_ray.report.collect import load_run_config
-
-            rd = RunDir(run_root, StorageConfig())
-            if rd.exists(RUN_JSON):
-                return load_run_config(rd, overrides)
+        found = _run_json_config(checkpoint, overrides, storage)
+        if found is not None:
+            return found
     return load_config(config_path, overrides)
+
+
+def _run_json_config(checkpoint: str, overrides: list[str],
+                     storage: StorageConfig | None) -> RunConfig | None:
+    models_dir = posixpath.dirname(checkpoint.rstrip("/"))
+    run_root = posixpath.dirname(models_dir)
+    if not run_root or posixpath.basename(models_dir) != MODELS:
+        return None
+    from aipo_ray.report.collect import load_run_config
+
+    rd = RunDir(run_root, storage or StorageConfig())
+    try:
+        if not rd.exists(RUN_JSON):
+            return None
+    except Exception as e:  # unreadable run root (no credentials, no such bucket): use defaults
+        log.warning("cannot read %s/%s (%s); using the default config", run_root, RUN_JSON,
+                    type(e).__name__)
+        return None
+    config = load_run_config(rd, overrides)
+    # run.json holds no credentials: keep the ones that just read it.
+    return config.model_copy(update={"storage": rd.storage}) if storage else config
 
 
 def build_app(checkpoint: str, config: RunConfig, model_uri: str | None = None):
