@@ -61,6 +61,7 @@ def test_a_run_on_s3_writes_no_secret_anywhere(s3_server, s3_storage, tiny_llama
 
         written = {**_s3_files(rd), str(log): log.read_bytes(), **_local_files(ray_tmp)}
         assert any(name.endswith("run.json") for name in written)
+        assert any(name.startswith(str(ray_tmp)) and name.endswith(".log") for name in written)
         assert any(name.endswith(report.split("://")[-1]) for name in written), report
         assert len(written) > 30, sorted(written)
         for secret in (s3_server.secret_key, HF_TOKEN, SERVE_TOKEN):
