@@ -22,7 +22,9 @@ from .processes import REPO, child_env, free_port, kill_group
 @pytest.fixture
 def ray_head(tmp_path):
     """A head node of our own (never `ray stop`: that would stop every cluster on the machine)."""
-    gcs, dashboard = free_port(), free_port()
+    gcs, dashboard, agent_http, agent_grpc, runtime_env_agent, metrics, client = (
+        free_port() for _ in range(7)
+    )
     # Ray's socket paths live under its temp dir and must stay under 107 bytes: pytest's
     # tmp_path is too deep.
     temp_dir = tempfile.mkdtemp(prefix="aipo-ray-", dir="/tmp")
@@ -32,6 +34,11 @@ def ray_head(tmp_path):
         [str(ray_bin), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
          "--object-store-memory=300000000", "--include-dashboard=true",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         # Every listener on a free port: the defaults (e.g. the agent's 52365) collide with any
+         # other Ray on the machine, and a job agent that cannot bind never takes jobs.
+         f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--runtime-env-agent-port={runtime_env_agent}", f"--metrics-export-port={metrics}",
+         f"--ray-client-server-port={client}",
          f"--temp-dir={temp_dir}", "--disable-usage-stats"],
         env=child_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )
