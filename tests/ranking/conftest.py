@@ -1,6 +1,8 @@
 """Tiny PairRM checkpoints (both layouts, one set of weights) and llm-blender patched for
 transformers 5, shared by the ranking tests."""
 
+from contextlib import contextmanager
+
 import pytest
 
 
@@ -30,23 +32,31 @@ def pairrm(tiny_pairrm):
     return PairRM.from_pretrained(tiny_pairrm["llm-blender"], batch_size=4)
 
 
-@pytest.fixture(scope="module")
-def llm_blender(tmp_path_factory):
+@contextmanager
+def patched_llm_blender(cache_dir: str):
     """llm-blender 0.0.2 importable on transformers 5: it imports `TRANSFORMERS_CACHE`, which is
-    gone, and its collator calls `batch_encode_plus`, which is gone; both come back for the
-    duration of the module. Nothing else of llm-blender is changed."""
+    gone, and its collator calls `batch_encode_plus`, which is gone; both come back inside the
+    block. Nothing else of llm-blender is changed. Also used by benchmarks/ranking.py."""
     import importlib
-    import importlib.util
 
-    if importlib.util.find_spec("llm_blender") is None:  # importing it unpatched would fail
-        pytest.skip("llm-blender (dev extra) is not installed")
     import transformers.utils.hub as hub
     from transformers import PreTrainedTokenizerBase
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(hub, "TRANSFORMERS_CACHE", str(tmp_path_factory.mktemp("blender-cache")), raising=False)
+        mp.setattr(hub, "TRANSFORMERS_CACHE", cache_dir, raising=False)
         mp.setattr(
             PreTrainedTokenizerBase, "batch_encode_plus",
             lambda self, texts, **kwargs: self(texts, **kwargs), raising=False,
         )
         yield importlib.import_module("llm_blender")
+
+
+@pytest.fixture(scope="module")
+def llm_blender(tmp_path_factory):
+    """llm-blender, patched for transformers 5 for the duration of the module."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_blender") is None:  # importing it unpatched would fail
+        pytest.skip("llm-blender (dev extra) is not installed")
+    with patched_llm_blender(str(tmp_path_factory.mktemp("blender-cache"))) as module:
+        yield module

@@ -1,0 +1,148 @@
+"""docs/performance.md's tables, generated from benchmarks/results/*.json.
+
+Only the part between the two markers is rewritten; the prose around it is kept.
+"""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks.common import RESULTS, ROOT
+
+DOC = ROOT / "docs" / "performance.md"
+BEGIN, END = "<!-- BEGIN GENERATED: python -m benchmarks.report -->", "<!-- END GENERATED -->"
+
+
+def _f(x, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int | float):
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+def _row(bench: str, what: str, ours, base, ratio, note: str = "") -> str:
+    return f"| {bench} | {what} | {_f(ours)} | {_f(base)} | {_f(ratio)} | {note} |"
+
+
+def train_rows(r: dict) -> list[str]:
+    f = r["figures"]
+    return [
+        _row("train vs TRL DPOTrainer", "step-1 loss (ln 2 = 0.6931)", f["step1_loss_ours"],
+             f["step1_loss_trl"], None),
+        _row("", f"max |Δ loss| over {r['sizes']['steps']} steps (tolerance "
+                 f"{f['loss_tolerance']:g})", f["max_abs_loss_diff"], None, None,
+             "within tolerance" if f["losses_equal_within_tolerance"] else "**outside tolerance**"),
+        _row("", "s/step (steady, steps 2..k)", f["steady_step_seconds_ours"],
+             f["steady_step_seconds_trl"], f["step_time_ratio_ours_over_trl"], "ratio < 1: ours faster"),
+        _row("", "peak RSS MiB (own process)", f["peak_rss_mib_ours"], f["peak_rss_mib_trl"],
+             f["peak_rss_ratio_ours_over_trl"], "ratio < 1: ours smaller"),
+    ]
+
+
+def ranking_rows(r: dict) -> list[str]:
+    f = r["figures"]
+    base = f[f"pairs_per_s_{f['baseline']}"]
+    return [
+        _row("ranking (PairRM)", "pairs/s, full matrix", f["pairs_per_s_ours_full"], base,
+             f["speedup_full_vs_llm_blender"], f"baseline: {f['baseline']}; ratio > 1: ours faster"),
+        _row("", "pairs/s, tournament", f["pairs_per_s_ours_tournament"], base,
+             f["speedup_tournament_vs_llm_blender"], ""),
+        _row("", "ordered comparisons / prompt (tournament vs full)",
+             f["ordered_comparisons_per_prompt_tournament"],
+             f["ordered_comparisons_per_prompt_full"], None, ""),
+        _row("", "tournament best / worst = full matrix's", f["tournament_best_agrees_with_full"],
+             f["tournament_worst_agrees_with_full"], None, "fraction of prompts (best, worst)"),
+        _row("", "max |score − llm-blender bs1|", f["max_abs_score_diff_vs_llm_blender_bs1"],
+             None, None, ""),
+    ]
+
+
+def generation_rows(r: dict) -> list[str]:
+    f = r["figures"]
+    rows = []
+    pairs = [("hf backend (Ray Data) vs plain generate, end to end", "tokens_per_s_hf_backend",
+              "tokens_per_s_plain_hf", "hf_backend_over_plain_hf"),
+             ("vllm backend (ray.data.llm) vs plain vllm.LLM, end to end",
+              "tokens_per_s_vllm_backend", "tokens_per_s_plain_vllm", "vllm_backend_over_plain_vllm")]
+    for what, ours, base, ratio in pairs:
+        if ours in f:
+            rows.append(_row("", f"tokens/s, {what}", f[ours], f[base], f[ratio], "ratio > 1: ours faster"))
+    if "plain_vllm_over_plain_hf_generate_only" in f:
+        rows.append(_row("", "vLLM vs hf, generate call only (tokens/s ratio)", None, None,
+                         f["plain_vllm_over_plain_hf_generate_only"], ""))
+    if "vllm_backend_over_hf_backend" in f:
+        rows.append(_row("", "vllm backend vs hf backend, end to end", None, None,
+                         f["vllm_backend_over_hf_backend"], ""))
+    errors = [f"{k}: {v[:120]}" for k, v in f.items() if k.endswith("_error")]
+    rows += [_row("", "error", None, None, None, e.replace("|", "/")) for e in errors]
+    if rows:
+        rows[0] = rows[0].replace("|  |", f"| generation ({r['sizes']['device']}) |", 1)
+    return rows
+
+
+def split_rows(r: dict) -> list[str]:
+    f = r["figures"]
+    shares = {k[len("share_"):]: v for k, v in f.items() if k.startswith("share_")}
+    rows = [_row("one tiny iteration", "wall seconds", f["wall_seconds"], None, None,
+                 f"{r['sizes']['generation_backend']} generation, {r['sizes']['ranking_backend']} ranking")]
+    rows += [_row("", f"share: {k}", v, None, None, "") for k, v in shares.items()]
+    rows.append(_row("", "Ray overhead fraction", f["ray_overhead_fraction"], None, None,
+                     r["sizes"]["ray_overhead_definition"]))
+    return rows
+
+
+def scaling_rows(r: dict) -> list[str]:
+    rows = []
+    for gpus, v in r["figures"]["by_gpus"].items():
+        stages = ", ".join(f"{k} {s / 60:.0f}m" for k, s in v["stages_seconds"].items() if s >= 30)
+        rows.append(_row("paper iteration on H100s (model)", f"{gpus} GPUs: hours",
+                         v["total_hours"], v["total_hours_full_matrix_ranking"], None,
+                         f"baseline column: full-matrix ranking; {stages}"))
+    return rows
+
+
+FORMATTERS = [("train_vs_trl", train_rows), ("ranking", ranking_rows),
+              ("generation_cpu", generation_rows), ("generation_gpu", generation_rows),
+              ("iteration_split", split_rows), ("training_gpu", None), ("scaling_paper", scaling_rows)]
+
+
+def table() -> str:
+    head = ["| benchmark | figure | ours | baseline | ratio | note |", "|---|---|---|---|---|---|"]
+    rows, provenance = [], []
+    for name, fmt in FORMATTERS:
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            rows.append(_row(name, "not run", None, None, None, ""))
+            continue
+        r = json.loads(path.read_text())
+        m = r["machine"]
+        provenance.append(f"- `{name}`: {r['date']}, {m['cpu']} × {m['cores']} cores, "
+                          f"GPU {m.get('gpu') or 'none'}")
+        if r.get("skipped") or r.get("error"):
+            why = (r.get("skipped") or r.get("error")).replace("|", "/").splitlines()[0][:160]
+            rows.append(_row(name, "skipped" if r.get("skipped") else "failed", None, None, None, why))
+        elif fmt is None:
+            rows.append(_row(name, "see results file", None, None, None, ""))
+        else:
+            rows += fmt(r)
+    versions = json.loads(next(RESULTS.glob("*.json")).read_text())["versions"] if provenance else {}
+    return "\n".join([*head, *rows, "", "Measured:", *provenance, "",
+                      "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v)])
+
+
+def main() -> None:
+    generated = f"{BEGIN}\n{table()}\n{END}"
+    text = DOC.read_text() if DOC.exists() else f"# Performance\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text:
+        text += f"\n{BEGIN}\n{END}\n"
+    before, rest = text.split(BEGIN, 1)
+    after = rest.split(END, 1)[1]
+    DOC.write_text(before + generated + after)
+    print(f"[bench] wrote {DOC.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
