@@ -41,7 +41,9 @@ def cpu_model() -> str:
 def machine() -> dict:
     """CPU model, cores, memory and the GPU if any: the context every figure needs."""
     info = {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version()}
+            "python": platform.python_version(),
+            # Other work on the machine skews absolute figures; ratios are timed back to back.
+            "load_avg_1m_at_write": round(os.getloadavg()[0], 2)}
     try:
         pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         info["memory_gib"] = round(pages / 2**30, 1)
@@ -111,11 +113,14 @@ def run_worker(module: str, *args: str, timeout: float = 900) -> dict:
     allocator state, threads or Ray session from touching the other's numbers.
     """
     env = {**os.environ, **ENV}
+    load_before = os.getloadavg()[0]
     proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_MARK):
-            return json.loads(line[len(RESULT_MARK):])
+            result = json.loads(line[len(RESULT_MARK):])
+            result["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+            return result
     tail = (proc.stdout[-3000:] + "\n" + proc.stderr[-3000:]).strip()
     raise RuntimeError(f"{module} {' '.join(args)} exited {proc.returncode} without a result:\n{tail}")
 

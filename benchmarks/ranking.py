@@ -97,7 +97,7 @@ def main() -> dict:
     base_name = min(("llm_blender_bs1", "llm_blender_bs8"), key=seconds.__getitem__)
     base = seconds[base_name]
     pairs = NUM_PROMPTS * NUM_CANDIDATES * (NUM_CANDIDATES - 1) // 2
-    diff = np.abs(np.asarray(results["llm_blender_bs1"][1]) - scores.numpy()).max()
+    diff = np.abs(np.asarray(results["llm_blender_bs1"]) - scores.numpy()).max()
     figures = {
         **{f"pairs_per_s_{name}": pairs / s for name, s in seconds.items()},
         "baseline": base_name,

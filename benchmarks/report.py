@@ -55,7 +55,7 @@ def ranking_rows(r: dict) -> list[str]:
              f["ordered_comparisons_per_prompt_full"], None, ""),
         _row("", "tournament best / worst = full matrix's", f["tournament_best_agrees_with_full"],
              f["tournament_worst_agrees_with_full"], None, "fraction of prompts (best, worst)"),
-        _row("", "max |score − llm-blender bs1|", f["max_abs_score_diff_vs_llm_blender_bs1"],
+        _row("", "max abs(score − llm-blender bs1 score)", f["max_abs_score_diff_vs_llm_blender_bs1"],
              None, None, ""),
     ]
 
@@ -141,7 +141,7 @@ def main() -> None:
     before, rest = text.split(BEGIN, 1)
     after = rest.split(END, 1)[1]
     DOC.write_text(before + generated + after)
-    print(f"[bench] wrote {DOC.relative_to(ROOT)}")
+    print(f"[bench] wrote {DOC}")
 
 
 if __name__ == "__main__":
