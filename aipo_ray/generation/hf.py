@@ -147,7 +147,7 @@ def generate_hf(
     blocks = prompt_blocks(ds, cfg.batch_size)
     if not blocks:
         return ray.data.from_arrow(GENERATIONS.empty_table())
-    # Ray Data restarts a dead actor and retries its batch (max_restarts=-1 by default).
+    # A dead actor is restarted and its batch retried (Ray Data's defaults, made explicit).
     return ray.data.from_arrow(blocks).map_batches(
         HFGenerator,
         fn_constructor_kwargs=dict(model_uri=model_uri, sampling=sampling, storage=storage,
@@ -155,5 +155,5 @@ def generate_hf(
                                    max_retries=cfg.max_retries),
         compute=ray.data.ActorPoolStrategy(size=min(cfg.num_replicas, len(blocks))),
         num_cpus=cfg.cpus_per_replica, num_gpus=cfg.gpus_per_replica,
-        batch_size=cfg.batch_size, batch_format="numpy",
+        batch_size=cfg.batch_size, batch_format="numpy", max_restarts=-1, max_task_retries=-1,
     )

@@ -102,4 +102,8 @@ def rank_map_kwargs(
         batch_format="pyarrow",
         num_cpus=cfg.cpus_per_replica,
         num_gpus=cfg.gpus_per_replica,
+        # A killed actor is restarted and its batch retried (Ray Data's defaults, made explicit
+        # so a change of default cannot silently drop prompts; tests/reliability/test_actor_loss.py).
+        max_restarts=-1,
+        max_task_retries=-1,
     )
