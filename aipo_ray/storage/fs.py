@@ -22,6 +22,11 @@ _TRANSIENT_NAMES = (
     "ServerTimeoutError", "ConnectionClosedError", "ResponseParserError",
 )
 
+# S3 error codes of a server that is up but not ready or overloaded (AWS: retry 500 and 503);
+# a freshly restarted S3 gateway answers InternalError until its backends are back.
+_TRANSIENT_S3_CODES = frozenset({"InternalError", "ServiceUnavailable", "SlowDown",
+                                 "RequestTimeout", "InternalServerError"})
+
 
 class StorageError(RuntimeError):
     """Storage is unreachable or refused us; the message never carries credentials."""
@@ -73,7 +78,19 @@ def is_transient(exc: BaseException) -> bool:
     for e in _exception_chain(exc):
         if type(e).__name__ in _TRANSIENT_NAMES or isinstance(e, ConnectionError | TimeoutError):
             return True
+        if _is_s3_server_error(e):
+            return True
     return False
+
+
+def _is_s3_server_error(exc: BaseException) -> bool:
+    """A botocore ClientError with a 5xx status or a retryable S3 code (not 403/404: refusals)."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return False
+    code = (response.get("Error") or {}).get("Code")
+    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    return code in _TRANSIENT_S3_CODES or (isinstance(status, int) and status >= 500)
 
 
 def _exception_chain(exc: BaseException):
