@@ -16,6 +16,7 @@ import pytest
 from aipo_ray.pipeline.driver import prepare_run_dir
 from aipo_ray.pipeline.stage import StageContext, StageResult, run_stage
 from aipo_ray.storage import StorageError
+from aipo_ray.storage.fs import is_transient
 
 from .commits import run_config
 
@@ -107,3 +108,26 @@ def test_wrong_credentials_fail_fast_without_printing_the_secret(
     assert "Forbidden" in text or "Access" in text or "denied" in text.lower(), text[-2000:]
     assert secret not in text and secret not in caplog.text
     assert secret not in repr(config) and secret not in str(config.to_public_dict())
+
+
+@pytest.mark.parametrize(("code", "status", "transient"), [
+    ("InternalError", 500, True),  # what weed mini answers just after a restart
+    ("SlowDown", 503, True),
+    ("ServiceUnavailable", 503, True),
+    ("AccessDenied", 403, False),
+    ("NoSuchKey", 404, False),
+])
+def test_s3_server_errors_are_retried_and_refusals_are_not(code, status, transient):
+    """As s3fs raises them: an OSError translated from botocore's ClientError."""
+    from botocore.exceptions import ClientError
+    from s3fs.errors import translate_boto_error
+
+    error = ClientError({"Error": {"Code": code, "Message": "m"},
+                         "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+    try:
+        try:
+            raise error
+        except ClientError as e:
+            raise translate_boto_error(e) from e
+    except Exception as raised:
+        assert is_transient(raised) is transient
