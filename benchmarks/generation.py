@@ -158,28 +158,50 @@ def summarise(r: dict) -> dict:
     return figures
 
 
-def main(result_name: str = "generation_cpu") -> dict:
+SIDES = ("plain_hf", "hf_backend", "plain_vllm", "vllm_backend")
+
+
+def previous_sides(result_name: str) -> dict:
+    """Per-side results of the last run, to re-measure only some sides (`--only`)."""
+    from benchmarks.common import RESULTS
+
+    path = RESULTS / f"{result_name}.json"
+    if not path.exists():
+        return {}
+    r = json.loads(path.read_text())
+    if "raw" in r:
+        return r["raw"]
+    flat = r.get("figures", {})  # files written before `raw` existed
+    return {side: {k[len(side) + 1:]: v for k, v in flat.items() if k.startswith(side + "_")}
+            for side in SIDES}
+
+
+def main(result_name: str = "generation_cpu", only: list[str] | None = None) -> dict:
     import importlib.util
 
     apply_env()
-    results = {"plain_hf": _measure("plain_hf"), "hf_backend": _measure("hf_backend")}
-    if importlib.util.find_spec("vllm") is not None:
-        results["plain_vllm"] = _measure("plain_vllm")
-        results["vllm_backend"] = _measure("vllm_backend")
-    else:
-        results["plain_vllm"] = results["vllm_backend"] = {"error": "skipped: vllm not installed"}
+    results = previous_sides(result_name) if only else {}
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    for side in only or SIDES:
+        if "vllm" in side and not has_vllm:
+            results[side] = {"error": "skipped: vllm not installed"}
+        else:
+            results[side] = _measure(side)
     figures = summarise(results)
     sizes = {"model": MODEL, "prompts": NUM_PROMPTS, "candidates_per_prompt": NUM_CANDIDATES,
              "max_tokens": MAX_TOKENS, "prompts_per_batch": BATCH, "decoding": "greedy",
              "dtype": "bfloat16" if ON_GPU else "float32", "device": "cuda" if ON_GPU else "cpu",
              "replicas": 1,
              "tokens_counted": "generated tokens up to, not including, the first EOS"}
-    write_result(result_name, sizes, figures)
+    write_result(result_name, sizes, figures, raw=results,
+                 remeasured=list(only) if only else None)
     return figures
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
+    if len(sys.argv) > 2 and sys.argv[1] == "--only":
+        print(json.dumps(main(only=sys.argv[2].split(",")), indent=2, default=float))
+    elif len(sys.argv) > 1:
         parser = argparse.ArgumentParser()
         parser.add_argument("--side", required=True,
                             choices=("hf_backend", "plain_hf", "vllm_backend", "plain_vllm"))
