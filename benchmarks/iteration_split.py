@@ -39,6 +39,26 @@ def run_one_iteration(run_dir: str) -> dict:
             "pairs": summary.iterations[0]["stages"].get("pairs", {}).get("rows_out")}
 
 
+def read_run(run_dir: str) -> dict:
+    """The same figures from a finished run directory (its run.json start to the last
+    `_SUCCESS`), for a run this benchmark did not start: Ray start-up is then unknown (0)."""
+    import datetime as dt
+
+    root = Path(run_dir)
+    started = dt.datetime.fromisoformat(json.loads((root / "run.json").read_text())["started_at"])
+    records = {f.parent.name: json.loads(f.read_text())
+               for f in (root / "iter_001").glob("*/_SUCCESS")}
+    finished = max(dt.datetime.fromisoformat(r["finished_at"]) for r in records.values())
+    steps = [json.loads(line) for line in
+             (root / "iter_001" / "train" / "metrics.jsonl").read_text().splitlines() if line]
+    config = json.loads((root / "run.json").read_text())["config"]
+    return {"wall_seconds": (finished - started).total_seconds(), "ray_start_seconds": 0.0,
+            "stage_seconds": {k: r["seconds"] for k, r in records.items()},
+            "optimizer_step_seconds": sum(s["seconds"] for s in steps), "steps": len(steps),
+            "backend": config["generation"]["backend"], "ranking": config["ranking"]["backend"],
+            "pairs": records.get("pairs", {}).get("rows_out"), "source_run": run_dir}
+
+
 def summarise(r: dict) -> dict:
     wall, stages = r["wall_seconds"], r["stage_seconds"]
     accounted = r["ray_start_seconds"] + sum(stages.values())
@@ -55,22 +75,27 @@ def summarise(r: dict) -> dict:
     }
 
 
-def main() -> dict:
+def main(from_run: str | None = None, note: str | None = None) -> dict:
     apply_env()
-    with tempfile.TemporaryDirectory(prefix="bench-iter-") as tmp:
-        r = run_worker(MODULE, str(Path(tmp) / "run"), timeout=1200)
+    if from_run:
+        r = read_run(from_run)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-iter-") as tmp:
+            r = run_worker(MODULE, str(Path(tmp) / "run"), timeout=1200)
     sizes = {"config": str(CONFIG.relative_to(ROOT)), "iterations": 1, "device": "cpu",
              "generation_backend": r["backend"], "ranking_backend": r["ranking"],
              "pairs": r["pairs"], "optimizer_steps": r["steps"],
              "ray_overhead_definition": "Ray start-up + train stage time outside optimizer steps "
                                         "(Ray Train worker group, model load, FSDP wrap, final "
                                         "gather/save/upload)"}
-    write_result("iteration_split", sizes, summarise(r))
+    write_result("iteration_split", sizes, summarise(r), source_run=r.get("source_run"), note=note)
     return summarise(r)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
+    if len(sys.argv) > 2 and sys.argv[1] == "--from-run":
+        print(json.dumps(main(sys.argv[2], " ".join(sys.argv[3:]) or None), indent=2, default=float))
+    elif len(sys.argv) > 1:
         apply_env()
         emit(run_one_iteration(sys.argv[1]))
     else:

@@ -32,7 +32,7 @@ def train_rows(r: dict) -> list[str]:
     return [
         _row("train vs TRL DPOTrainer", "step-1 loss (ln 2 = 0.6931)", f["step1_loss_ours"],
              f["step1_loss_trl"], None),
-        _row("", f"max |Δ loss| over {r['sizes']['steps']} steps (tolerance "
+        _row("", f"max abs Δ loss over {r['sizes']['steps']} steps (tolerance "
                  f"{f['loss_tolerance']:g})", f["max_abs_loss_diff"], None, None,
              "within tolerance" if f["losses_equal_within_tolerance"] else "**outside tolerance**"),
         _row("", "s/step (steady, steps 2..k)", f["steady_step_seconds_ours"],
