@@ -57,9 +57,6 @@ class RunDir:
     def model_uri(self, iteration: int) -> str:
         return self.uri_of(MODELS, iteration_name(iteration))
 
-    def model_path(self, iteration: int) -> str:
-        return self.path(MODELS, iteration_name(iteration))
-
     # -- small documents ---------------------------------------------------------------------
     def exists(self, *parts: str) -> bool:
         return with_retries(lambda: self.fs.exists(self.path(*parts)), f"exists {self.uri_of(*parts)}",
