@@ -1,4 +1,11 @@
-"""FSDP2 wrapping: each decoder layer, then the root; full state dict gathered at the end."""
+"""FSDP2 wrapping: each decoder layer, then the root; full state dict gathered at the end.
+
+A single worker computing in fp32 is left unwrapped: sharding over one rank saves nothing, and
+FSDP2 would still allocate unsharded copies of the parameters for forward and backward next to
+the sharded ones (measured: +580 MB peak RSS, one model's worth, on SmolLM2-135M; see
+docs/performance.md). With bf16 compute FSDP2 stays on even for one worker, because its
+mixed-precision policy is what keeps fp32 master weights beside the bf16 compute copy.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ def shard_model(model: nn.Module, causal_lm: nn.Module, cfg: TrainingConfig,
 
     Parameters stay fp32 (what AdamW updates); `param_dtype` is the compute dtype (bf16 on GPU,
     with fp32 gradient reduction). With cpu_offload on GPU the shards live in host memory.
+    One worker in fp32 gets the plain module on its device instead (see the module docstring).
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import (
@@ -38,24 +46,34 @@ def shard_model(model: nn.Module, causal_lm: nn.Module, cfg: TrainingConfig,
     )
 
     world = torch.distributed.get_world_size()
+    offload = cfg.cpu_offload and device.type == "cuda"
+    if cfg.cpu_offload and not offload:
+        log.warning("training.cpu_offload ignored: parameters already live on the CPU")
+    if cfg.gradient_checkpointing:
+        causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    causal_lm.config.use_cache = False
+    if world == 1 and param_dtype == torch.float32 and not offload:
+        return model.to(device)
     mesh = init_device_mesh(device.type, (world,))
     kwargs: dict = {"mesh": mesh}
     if param_dtype != torch.float32:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype,
                                                    reduce_dtype=torch.float32)
-    offload = cfg.cpu_offload and device.type == "cuda"
-    if cfg.cpu_offload and not offload:
-        log.warning("training.cpu_offload ignored: parameters already live on the CPU")
     kwargs["offload_policy"] = CPUOffloadPolicy() if offload else OffloadPolicy()
-    if cfg.gradient_checkpointing:
-        causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    causal_lm.config.use_cache = False
     for layer in decoder_layers(causal_lm):
         fully_shard(layer, **kwargs)
     fully_shard(model, **kwargs)
     if device.type == "cuda" and not offload:
         model.to(device)
     return model
+
+
+def set_gradient_sync(model: nn.Module, sync: bool) -> None:
+    """Reduce-scatter gradients in this backward (last micro-batch) or keep accumulating locally."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(sync)
 
 
 def full_state_dict(causal_lm: nn.Module) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ from aipo_ray.config import RunConfig
 from aipo_ray.losses import PairLogps, PreferenceLoss, build_loss
 
 from .batching import EncodedPair, PairEncoder, collate_pairs
-from .fsdp import clip_grad_norm, full_state_dict, shard_model
+from .fsdp import clip_grad_norm, full_state_dict, set_gradient_sync, shard_model
 from .logps import SequenceLogps
 from .metrics import (
     MetricsLog,
@@ -99,7 +99,7 @@ def _micro_step(w: Worker, micro: list[tuple[int, float]], scale: float, sync: b
     weights = torch.tensor([wt for _, wt in micro], dtype=torch.float32, device=w.device)
     pairs = [w.pair(i) for i in idx]
     batch = collate_pairs(pairs, w.encoder.pad_token_id).to(w.device)
-    w.model.set_requires_gradient_sync(sync)
+    set_gradient_sync(w.model, sync)
     chosen, rejected, chosen_len, rejected_len = w.model.pair_logps(batch)
     ref = None
     if w.loss_fn.requires_reference:

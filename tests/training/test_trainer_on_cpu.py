@@ -174,3 +174,23 @@ def test_reference_free_loss_trains_without_ref_logps(ray_cluster, tiny_llama_pa
     assert metrics["loss"] == pytest.approx(float(out.losses.mean()), abs=1e-5)
     assert metrics["rewards/margins"] == pytest.approx(float(out.metrics["rewards/margins"]), abs=1e-5)
     verify_checkpoint(str(tmp_path / "model"))
+
+
+def test_single_fp32_worker_trains_unwrapped_and_matches_single_process_pytorch(
+    ray_cluster, tiny_llama_path, tmp_path
+):
+    """One worker in fp32 skips FSDP2 (no second, unsharded copy of the weights); the two
+    AdamW steps, with gradient accumulation over 2 micro-batches, must still be plain PyTorch's."""
+    config = make_config(tiny_llama_path, num_workers=1, micro_batch_size=2, adam_eps=ADAM_EPS)
+    pairs = make_pairs()
+    ref = compute_ref_logps(config, pairs, tiny_llama_path)
+    result = train_policy(config, pairs, ref, tiny_llama_path, output_uri=str(tmp_path / "model"),
+                          metrics_uri=str(tmp_path / "metrics.jsonl"),
+                          storage_path=str(tmp_path / "ray"))
+    expected, grad_norms = plain_train(tiny_llama_path, config, pairs, ref)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["grad_norm"] for ln in lines] == pytest.approx(grad_norms, rel=1e-4)
+    assert result["metrics"]["step"] == 2
+    trained = AutoModelForCausalLM.from_pretrained(str(tmp_path / "model"), dtype=torch.float32)
+    initial = AutoModelForCausalLM.from_pretrained(tiny_llama_path, dtype=torch.float32)
+    assert_weights_match(trained.state_dict(), expected, initial.state_dict())
