@@ -53,10 +53,13 @@ def _registered_checkpoint_step(storage) -> int | None:
     return None
 
 
-@pytest.mark.reliability_slow  # ~2.5 min: two Ray Train worker-group starts
-def test_killed_worker_resumes_from_mid_epoch_checkpoint(ray_cluster, tiny_llama_path, tmp_path):
+@pytest.mark.reliability_slow  # ~2.5 min each: two Ray Train worker-group starts
+@pytest.mark.parametrize("num_workers", [2, 1], ids=["fsdp2-2-workers", "unwrapped-1-worker"])
+def test_killed_worker_resumes_from_mid_epoch_checkpoint(
+    ray_cluster, tiny_llama_path, tmp_path, num_workers
+):
     config = make_config(tiny_llama_path, global_batch_size=2, num_epochs=2, adam_eps=1e-4,
-                         checkpoint_every_steps=2, max_failures=1)
+                         checkpoint_every_steps=2, max_failures=1, num_workers=num_workers)
     pairs, ref = _pairs_and_ref()
     metrics_path = tmp_path / "metrics.jsonl"
     outcome = {}
