@@ -30,6 +30,10 @@ class GenerationConfig(StrictModel):
         default="auto", description="auto: bfloat16 on GPU replicas, float32 on CPU"
     )
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to vLLM")
+    engine_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="environment of the vLLM engine actors, e.g. VLLM_CPU_NUM_OF_RESERVED_CPU",
+    )
     timeout_s: float = Field(default=3600.0, gt=0, description="per batch; then retried")
     max_retries: int = Field(default=2, ge=0)
 

