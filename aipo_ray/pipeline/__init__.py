@@ -1,6 +1,7 @@
 """The recipe: stages wired into iterations. Components never import this package."""
 
 from .stage import (
+    DamagedInput,
     Stage,
     StageContext,
     StageError,
@@ -11,7 +12,7 @@ from .stage import (
 )
 
 __all__ = [
-    "Stage", "StageContext", "StageError", "StageResult", "fingerprint", "is_done", "run_stage",
+    "DamagedInput", "Stage", "StageContext", "StageError", "StageResult", "fingerprint", "is_done", "run_stage",
 ]
 
 

@@ -21,7 +21,7 @@ from aipo_ray.models import POINTER
 from aipo_ray.runtime import init_ray
 from aipo_ray.storage import RUN_JSON, RunDir
 
-from .stage import Stage, StageContext, run_stage
+from .stage import DamagedInput, Stage, StageContext, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +107,43 @@ def run(
     started = time.time()
     for iteration in range(1, total + 1):
         ctx = StageContext(config=config, run_dir=rd, iteration=iteration)
-        chain = list(factory(config, iteration))
-        records = {}
-        for n, stage in enumerate(chain, start=1):
-            log.info("iteration %d/%d, stage %d/%d: %s", iteration, total, n, len(chain), stage.name)
-            records[stage.name] = run_stage(stage, ctx)
+        records = run_iteration(list(factory(config, iteration)), ctx, total)
         summary.iterations.append({"iteration": iteration, "stages": records})
     summary.latest_model = rd.latest_model()
     summary.seconds = time.time() - started
     log.info("run finished: %s, latest model %s", rd.uri, summary.latest_model)
     return summary
+
+
+def run_iteration(chain: Sequence[Stage], ctx: StageContext, total: int | None = None
+                  ) -> dict[str, dict[str, Any]]:
+    """Run one iteration's stages in order; returns their `_SUCCESS` records by stage name.
+
+    A stage that finds an earlier stage's output damaged (`DamagedInput`) sends the iteration
+    back to that stage, which reruns with everything after it, even where their `_SUCCESS` is
+    valid. Once per stage: damage that a rerun does not cure is raised.
+    """
+    names = [stage.name for stage in chain]
+    records: dict[str, dict[str, Any]] = {}
+    rerun_from: set[str] = set()
+    forced_from = len(chain)
+    n = 0
+    while n < len(chain):
+        stage = chain[n]
+        log.info("iteration %d/%s, stage %d/%d: %s", ctx.iteration, total or "?", n + 1,
+                 len(chain), stage.name)
+        try:
+            records[stage.name] = run_stage(stage, ctx, force=n >= forced_from)
+        except DamagedInput as e:
+            if e.stage not in names[:n] or e.stage in rerun_from:
+                raise
+            rerun_from.add(e.stage)
+            log.warning("iteration %d, stage %r: %s; rerunning from %r", ctx.iteration,
+                        stage.name, e, e.stage)
+            n = forced_from = names.index(e.stage)
+            continue
+        n += 1
+    return records
 
 
 def resume(run_dir: str, overrides: list[str] | None = None, **kwargs) -> RunSummary:

@@ -29,6 +29,16 @@ class StageError(RuntimeError):
     """A stage refused its input or failed; the message says which stage and iteration."""
 
 
+class DamagedInput(RuntimeError):
+    """A stage found the output of an earlier stage damaged although that stage's `_SUCCESS` is
+    valid (storage lost or corrupted a file after the fact). The driver reruns `stage` and
+    everything after it, once; a second time it is raised."""
+
+    def __init__(self, stage: str, reason: str):
+        super().__init__(f"output of stage {stage!r} is damaged: {reason}")
+        self.stage = stage
+
+
 @dataclass
 class StageResult:
     """What a stage reports; `rejected` counts refused rows per reason."""

@@ -16,8 +16,10 @@ import pytest
 import yaml
 
 from aipo_ray.models import resolve_model_path
-from aipo_ray.pipeline.stage import run_stage
+from aipo_ray.pipeline.driver import run_iteration
+from aipo_ray.pipeline.stage import DamagedInput, StageResult, run_stage
 from aipo_ray.pipeline.stages.commit import CommitStage
+from aipo_ray.pipeline.stages.train import staged_model_uri
 from aipo_ray.storage import StorageError
 from aipo_ray.storage.checkpoint import (
     COMMITTED,
@@ -29,7 +31,7 @@ from aipo_ray.storage.checkpoint import (
 )
 from tests.e2e.processes import REPO, child_env
 
-from .commits import prepare, resume_commit, run_config, staged_copy
+from .commits import StagedTrain, prepare, resume_commit, run_config, staged_copy
 
 pytestmark = pytest.mark.reliability
 
@@ -166,3 +168,52 @@ def test_storage_left_down_fails_with_storage_error_and_commits_nothing(
     assert not rd.exists(f"models/iter_002/{COMMITTED}")
     assert rd.latest_model() == "iter_001"
     _assert_only_commit_redone(ctx, staged)
+
+
+def test_damaged_staged_model_sends_the_resumed_iteration_back_to_train(
+    s3_storage, tiny_llama_path, tmp_path
+):
+    """train wrote `_SUCCESS`, then storage lost a file of the staged model: the commit refuses
+    it naming the file, and the driver trains again instead of failing on every resume."""
+    storage, prefix = s3_storage
+    config = run_config(tiny_llama_path, prefix, storage)
+    staged = staged_copy(tiny_llama_path, tmp_path / "staged")
+    ctx = prepare(config, staged)
+    rd = ctx.run_dir
+    first_train = rd.stage_success(2, "train")
+    rd.fs.rm_file(rd.path("iter_002", "train", "model", "tokenizer.json"))
+    with pytest.raises(DamagedInput, match=r"'train'.*tokenizer\.json: listed in manifest"):
+        run_stage(CommitStage(), ctx)
+
+    records = run_iteration([StagedTrain(staged), CommitStage()], ctx)
+    assert not records["train"].get("skipped") and not records["commit"].get("skipped")
+    assert records["train"]["finished_at"] >= first_train["finished_at"]
+    verify_checkpoint(staged_model_uri(ctx), storage)
+    verify_checkpoint(ctx.output_model_uri, storage)
+    assert rd.latest_model() == "iter_002"
+
+
+class _AlwaysDamaged:
+    """A commit whose staged input stays damaged however often train reruns."""
+
+    name, inputs, config_keys = "commit", ("train",), ()
+
+    def run(self, ctx):
+        raise DamagedInput("train", "still broken")
+
+
+class _CountingTrain(StagedTrain):
+    runs = 0
+
+    def run(self, ctx) -> StageResult:
+        type(self).runs += 1
+        return super().run(ctx)
+
+
+def test_damage_a_rerun_does_not_cure_is_raised_after_one_rerun(tiny_llama_path, tmp_path):
+    config = run_config(tiny_llama_path, str(tmp_path / "run"))
+    staged = staged_copy(tiny_llama_path, tmp_path / "staged")
+    ctx = prepare(config, staged)  # train done once, outside the count
+    with pytest.raises(DamagedInput, match="still broken"):
+        run_iteration([_CountingTrain(staged), _AlwaysDamaged()], ctx)
+    assert _CountingTrain.runs == 1  # skipped (valid _SUCCESS), then rerun once, then raised

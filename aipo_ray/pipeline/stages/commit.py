@@ -1,14 +1,14 @@
 """CommitStage: θ_{t+1} from `train/model/` to `models/iter_NNN`, then `LATEST` moves to it.
 
 The staged model is verified against its manifest first, so a corrupted staging copy is never
-committed. The previous model is never deleted: it is this iteration's reference and may be
+committed: the stage raises `DamagedInput` and the driver trains again. The previous model is never deleted: it is this iteration's reference and may be
 someone's serving checkpoint.
 """
 
 from __future__ import annotations
 
-from aipo_ray.pipeline.stage import StageContext, StageResult
-from aipo_ray.storage.checkpoint import commit_checkpoint, materialize_checkpoint
+from aipo_ray.pipeline.stage import DamagedInput, StageContext, StageResult
+from aipo_ray.storage.checkpoint import CheckpointError, commit_checkpoint, materialize_checkpoint
 
 from .train import staged_model_uri
 
@@ -19,7 +19,10 @@ class CommitStage:
     config_keys = ()
 
     def run(self, ctx: StageContext) -> StageResult:
-        local = materialize_checkpoint(staged_model_uri(ctx), ctx.config.storage)
+        try:
+            local = materialize_checkpoint(staged_model_uri(ctx), ctx.config.storage)
+        except CheckpointError as e:  # storage damaged it after train's _SUCCESS: train again
+            raise DamagedInput("train", str(e)) from e
         uri = commit_checkpoint(local, ctx.run_dir, ctx.iteration)  # == ctx.output_model_uri
         return StageResult(rows_in=0, rows_out=0, extra={"model_uri": uri,
                                                          "latest": ctx.run_dir.latest_model()})
