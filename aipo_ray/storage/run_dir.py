@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 from typing import Any
 
@@ -28,6 +29,10 @@ class RunDir:
     """A local path or s3:// prefix holding one run; every path the pipeline touches comes from here."""
 
     def __init__(self, uri: str, storage: StorageConfig | None = None):
+        if "://" not in uri:
+            # Absolute, because every URI derived from it travels to Ray workers, whose working
+            # directory is not the driver's (a relative model path would not resolve there).
+            uri = os.path.abspath(os.path.expanduser(uri))
         self.uri = uri.rstrip("/")
         self.storage = storage or StorageConfig()
         self.fs, self.root = filesystem(self.uri, self.storage)
