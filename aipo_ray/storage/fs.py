@@ -56,7 +56,11 @@ def s3_options(cfg: StorageConfig | None) -> dict:
         client_kwargs["region_name"] = cfg.region
     if client_kwargs:
         opts["client_kwargs"] = client_kwargs
-    opts["config_kwargs"] = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 1}}
+    # One attempt per call at the botocore level too: its legacy `max_attempts` counts retries,
+    # so 1 still meant a hidden retry after a random backoff of up to a few seconds, which could
+    # ride out a short outage unseen (and unbounded by our StorageConfig).
+    opts["config_kwargs"] = {"connect_timeout": 5, "read_timeout": 60,
+                             "retries": {"mode": "standard", "total_max_attempts": 1}}
     # Listings must see what this process (or a retried task) just wrote.
     opts["use_listings_cache"] = False
     return opts
