@@ -1,6 +1,6 @@
 """Our DPO trainer step vs TRL's DPOTrainer: same model, pairs, β, batch, lr and order, on CPU.
 
-Each side runs in its own process (clean peak RSS). Ours runs the exact per-step function of
+Each side runs in its own process (clean peak RSS), one after the other. Ours runs the exact per-step function of
 the Ray Train worker (`aipo_ray.training.loop._train_step`: FSDP2-wrapped model on a 1-rank gloo
 group, chunked log-probs, clipping, AdamW) without the Ray Train actor around it, so per-step
 time and RSS are the trainer's own; what Ray adds is measured by `iteration_split`.
@@ -29,8 +29,9 @@ MODEL = "builtin:smollm2-135m-instruct"
 NUM_PAIRS = int(os.environ.get("AIPO_BENCH_PAIRS", "64"))
 GLOBAL_BATCH = int(os.environ.get("AIPO_BENCH_BATCH", "8"))
 MICRO_BATCH, BETA, LR = GLOBAL_BATCH // 2, 0.1, 1e-5
+# Absolute, on each step's mean loss: fp32 on both sides, summed in a different order.
 LOSS_TOLERANCE = 1e-4
-TIMEOUT = 1800  # absolute, on the per-step mean loss; fp32 on both sides
+TIMEOUT = 1800  # seconds per side's process
 
 
 def make_config(steps: int):
