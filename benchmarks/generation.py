@@ -58,14 +58,15 @@ def gen_config(backend: str):
     from aipo_ray.config.generation import GenerationConfig
 
     # One replica gets the whole machine, as the plain loop does: Ray gives an actor as many
-    # torch threads as CPUs it reserved. vLLM-CPU pins its own OpenMP threads (one core kept
-    # for its frontend) in the plain loop and in the actor alike, so its bundle stays at 1 CPU,
-    # leaving room for ray.data.llm's pre/post maps.
+    # torch threads as CPUs it reserved. vLLM-CPU pins its own OpenMP threads in the plain loop
+    # and in the actor alike, so its bundle stays at 1 CPU, leaving room for ray.data.llm's
+    # pre/post maps.
     cpus = 1.0 if backend == "vllm" or ON_GPU else float(CORES)
-    return GenerationConfig(backend=backend, num_candidates=CANDIDATES[backend], max_tokens=MAX_TOKENS,
-                            temperature=0.0, batch_size=BATCH, num_replicas=1,
-                            max_model_len=512, gpus_per_replica=1.0 if ON_GPU else 0.0,
-                            cpus_per_replica=cpus, engine_env=VLLM_CPU_ENV)
+    return GenerationConfig(backend=backend, num_candidates=CANDIDATES[backend],
+                            max_tokens=MAX_TOKENS, temperature=0.0, batch_size=BATCH,
+                            num_replicas=1, max_model_len=512,
+                            gpus_per_replica=1.0 if ON_GPU else 0.0, cpus_per_replica=cpus,
+                            engine_env=VLLM_CPU_ENV)
 
 
 def model_path() -> str:
@@ -149,8 +150,8 @@ def run_plain_hf() -> dict:
                 tokenizer.decode(row, skip_special_tokens=True)
         return tokens
 
-    return {**_two_sizes(call, loaded), "load_seconds": loaded, "torch_threads": torch.get_num_threads(),
-            "peak_rss_mib": peak_rss_mib()}
+    return {**_two_sizes(call, loaded), "load_seconds": loaded,
+            "torch_threads": torch.get_num_threads(), "peak_rss_mib": peak_rss_mib()}
 
 
 def run_plain_vllm() -> dict:
@@ -172,7 +173,8 @@ def run_plain_vllm() -> dict:
     loaded = time.perf_counter() - start
 
     def call(texts: list[str]) -> int:
-        ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in chat_texts(tokenizer, texts)]
+        ids = [tokenizer(t, add_special_tokens=False)["input_ids"]
+               for t in chat_texts(tokenizer, texts)]
         requests = [{"prompt_token_ids": i} for i in ids for _ in range(CANDIDATES["vllm"])]
         outs = llm.generate(requests, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS),
                             use_tqdm=False)
@@ -197,7 +199,8 @@ def summarise(r: dict) -> dict:
 
     figures = {f"{side}_{k}": v for side, res in r.items() for k, v in res.items()}
     ok = {side for side, res in r.items() if "error" not in res}
-    for ours, plain, name in (("hf_backend", "plain_hf", "hf"), ("vllm_backend", "plain_vllm", "vllm")):
+    for name in ("hf", "vllm"):
+        ours, plain = f"{name}_backend", f"plain_{name}"
         if {ours, plain} <= ok:
             figures[f"tokens_per_s_{ours}"] = tps(ours)
             figures[f"tokens_per_s_{plain}"] = tps(plain)

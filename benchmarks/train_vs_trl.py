@@ -1,9 +1,10 @@
 """Our DPO trainer step vs TRL's DPOTrainer: same model, pairs, β, batch, lr and order, on CPU.
 
-Each side runs in its own process (clean peak RSS), one after the other. Ours runs the exact per-step function of
-the Ray Train worker (`aipo_ray.training.loop._train_step`: FSDP2-wrapped model on a 1-rank gloo
-group, chunked log-probs, clipping, AdamW) without the Ray Train actor around it, so per-step
-time and RSS are the trainer's own; what Ray adds is measured by `iteration_split`.
+Each side runs in its own process (clean peak RSS), one after the other. Ours runs the exact
+per-step function of the Ray Train worker (`aipo_ray.training.loop._train_step`: the model
+wrapped as `shard_model` wraps it for one fp32 worker on a 1-rank gloo group, i.e. unwrapped;
+chunked log-probs, clipping, AdamW) without the Ray Train actor around it, so per-step time and
+RSS are the trainer's own; what Ray adds is measured by `iteration_split`.
 Reference log-probs are precomputed on both sides before the timed steps: ours by the
 ref_logps stage's scorer in a separate process (as in the pipeline), TRL's by
 `precompute_ref_log_probs=True`.
@@ -254,9 +255,10 @@ def main(steps: int = 4) -> dict:
     figures = summarise(ours, trl, ref, steps)
     sizes = {"model": MODEL, "num_params": ours["num_params"], "pairs": NUM_PAIRS,
              "global_batch": GLOBAL_BATCH, "micro_batch": MICRO_BATCH, "beta": BETA, "lr": LR,
-             "steps": steps, "dtype": "float32", "device": "cpu", "sides_run": "one after the other",
-             "ours_entry": "aipo_ray.training.loop._train_step on a 1-rank gloo group (FSDP2), "
-                           "no Ray actor"}
+             "steps": steps, "dtype": "float32", "device": "cpu",
+             "sides_run": "one after the other",
+             "ours_entry": "aipo_ray.training.loop._train_step on a 1-rank gloo group (one fp32 "
+                           "worker: plain module, no FSDP2), no Ray actor"}
     write_result("train_vs_trl", sizes, figures, raw={"ours": ours, "trl": trl, "ref": ref})
     return figures
 

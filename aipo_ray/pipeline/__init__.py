@@ -12,7 +12,8 @@ from .stage import (
 )
 
 __all__ = [
-    "DamagedInput", "Stage", "StageContext", "StageError", "StageResult", "fingerprint", "is_done", "run_stage",
+    "DamagedInput", "Stage", "StageContext", "StageError", "StageResult", "fingerprint",
+    "is_done", "run_stage",
 ]
 
 

@@ -63,7 +63,8 @@ def test_engine_env_reaches_the_engine_actors_beside_the_cpu_kv_cache_default(mo
     assert env == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_KVCACHE_SPACE": "2"}
     # The user's value wins over the default; GPU replicas get no CPU cache setting.
     cfg = GenerationConfig(engine_env={"VLLM_CPU_KVCACHE_SPACE": "8"})
-    assert processor_config("/m", cfg, 8).runtime_env["env_vars"] == {"VLLM_CPU_KVCACHE_SPACE": "8"}
+    env = processor_config("/m", cfg, 8).runtime_env["env_vars"]
+    assert env == {"VLLM_CPU_KVCACHE_SPACE": "8"}
     assert processor_config("/m", GenerationConfig(gpus_per_replica=1), 8).runtime_env is None
 
 

@@ -6,7 +6,6 @@ two part files of a stage's table.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import traceback
@@ -20,7 +19,6 @@ from aipo_ray.storage import StorageError
 from aipo_ray.storage.fs import is_transient
 
 from .commits import run_config
-from .logs import captured_messages
 
 pytestmark = pytest.mark.reliability
 
@@ -56,17 +54,17 @@ def _context(s3_storage, tiny_llama_path, **storage_overrides) -> StageContext:
 
 
 def test_outage_during_a_stage_is_retried_with_backoff_then_succeeds(
-    s3_server, s3_storage, tiny_llama_path
+    s3_server, s3_storage, tiny_llama_path, caplog
 ):
     ctx = _context(s3_storage, tiny_llama_path, max_retries=10, retry_backoff_s=0.3,
                    retry_max_wait_s=2.0)
-    with captured_messages() as messages:
+    with caplog.at_level("WARNING", logger="aipo_ray.storage.fs"):
         stage = OutageStage(s3_server, restart_after_s=1.5)
         record = run_stage(stage, ctx)
     stage.restart.join(timeout=60)
-    waits = [float(m.split(" in ")[-1].rstrip("s")) for m in messages
+    waits = [float(m.split(" in ")[-1].rstrip("s")) for m in caplog.messages
              if "transient storage error" in m]
-    assert waits, f"the outage was never hit; logged: {messages}"
+    assert waits, f"the outage was never hit; logged: {caplog.messages}"
     assert waits == sorted(waits) and waits[0] == pytest.approx(0.3)  # backoff grows
     assert record["rows_out"] == 4
     assert sorted(ctx.read("outage")["prompt_id"].to_pylist()) == ["a", "b", "c", "d"]
@@ -94,23 +92,21 @@ def test_outage_past_the_retry_limit_raises_and_the_partial_table_is_never_compl
 
 
 def test_wrong_credentials_fail_fast_without_printing_the_secret(
-    s3_server, s3_storage, tiny_llama_path
+    s3_server, s3_storage, tiny_llama_path, caplog
 ):
     secret = "wrong-secret-3f9a7c1e"
     _, prefix = s3_storage
     config = run_config(tiny_llama_path, prefix,
                         s3_server.storage_config(secret_access_key=secret))
     started = time.monotonic()
-    with captured_messages("aipo_ray", logging.DEBUG) as messages, \
-            pytest.raises(Exception) as info:
+    with caplog.at_level("DEBUG", logger="aipo_ray"), pytest.raises(Exception) as info:
         prepare_run_dir(config)
-    logged = "\n".join(messages)
     assert time.monotonic() - started < 10  # no retry loop on a refusal
     assert not isinstance(info.value, StorageError)  # not mistaken for an outage
-    assert "transient storage error" not in logged
+    assert "transient storage error" not in caplog.text
     text = "".join(traceback.format_exception(info.value))
     assert "Forbidden" in text or "Access" in text or "denied" in text.lower(), text[-2000:]
-    assert secret not in text and secret not in logged
+    assert secret not in text and secret not in caplog.text
     assert secret not in repr(config) and secret not in str(config.to_public_dict())
 
 

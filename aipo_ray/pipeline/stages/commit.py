@@ -1,8 +1,8 @@
 """CommitStage: θ_{t+1} from `train/model/` to `models/iter_NNN`, then `LATEST` moves to it.
 
 The staged model is verified against its manifest first, so a corrupted staging copy is never
-committed: the stage raises `DamagedInput` and the driver trains again. The previous model is never deleted: it is this iteration's reference and may be
-someone's serving checkpoint.
+committed: the stage raises `DamagedInput` and the driver trains again. The previous model is
+never deleted: it is this iteration's reference and may be someone's serving checkpoint.
 """
 
 from __future__ import annotations
