@@ -6,6 +6,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
+# Markers on fields that name content (a model, a data file): stage fingerprints replace their
+# value by the content's identity, so a path never decides whether work is redone.
+MODEL_CONTENT = {"content": "model"}
+DATA_CONTENT = {"content": "data"}
+
+
+def content_kind(field) -> str | None:
+    """'model', 'data' or None for a pydantic FieldInfo."""
+    extra = field.json_schema_extra
+    return extra.get("content") if isinstance(extra, dict) else None
+
 
 class StrictModel(BaseModel):
     """A config section: unknown keys are errors, values are re-validated on assignment."""

@@ -6,13 +6,14 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from .base import StrictModel
+from .base import DATA_CONTENT, StrictModel
 
 
 class PromptSourceConfig(StrictModel):
     """One source of prompts. `format: auto` guesses from the suffix (a directory is `hf_disk`)."""
 
-    path: str = Field(description="file, directory, glob, or a hub dataset name (format: hf_hub)")
+    path: str = Field(description="file, directory, glob, or a hub dataset name (format: hf_hub)",
+                      json_schema_extra=DATA_CONTENT)
     format: Literal["auto", "jsonl", "parquet", "csv", "hf_disk", "hf_hub"] = "auto"
     text_field: str = Field(default="prompt", description="column holding the prompt text")
     messages_field: str | None = Field(

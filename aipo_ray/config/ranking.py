@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .base import StrictModel
+from .base import MODEL_CONTENT, StrictModel
 
 
 class RankingConfig(StrictModel):
@@ -14,8 +14,10 @@ class RankingConfig(StrictModel):
     model: str = Field(
         default="llm-blender/PairRM",
         description="PairRM dir / hub name; for llm_judge a causal LM (dir, hub name, builtin:NAME) or 'policy' (θ_t)",
+        json_schema_extra=MODEL_CONTENT,
     )
-    backbone: str | None = Field(default=None, description="DeBERTa backbone dir for PairRM")
+    backbone: str | None = Field(default=None, description="DeBERTa backbone dir for PairRM",
+                                 json_schema_extra=MODEL_CONTENT)
     mode: Literal["full", "tournament"] = Field(
         default="full", description="full N×N matrix (paper) or O(N) best/worst tournament"
     )

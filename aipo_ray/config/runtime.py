@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 
-from .base import StrictModel
+from .base import DATA_CONTENT, MODEL_CONTENT, StrictModel
 
 
 class RayConfig(StrictModel):
@@ -29,6 +29,7 @@ class EvalConfig(StrictModel):
         default=None,
         description="held-out prompt file (jsonl/json/parquet/csv/txt); else seed prompts "
         "that no iteration trained on",
+        json_schema_extra=DATA_CONTENT,
     )
     num_prompts: int = Field(default=64, ge=1)
     max_tokens: int = Field(default=256, ge=1)
@@ -42,6 +43,7 @@ class EvalConfig(StrictModel):
         default=None,
         description="encoder for chosen/rejected similarity in stats.json; default word "
         "n-gram overlap",
+        json_schema_extra=MODEL_CONTENT,
     )
     similarity_ngram: int = Field(default=2, ge=1, le=8, description="n of the n-gram overlap")
 

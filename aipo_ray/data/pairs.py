@@ -22,13 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aipo_ray.config import PairsConfig
-from aipo_ray.storage.schemas import PAIRS
-
-# The PAIRS contract plus what the report and the length analysis need.
-PAIRS_OUT = pa.schema([
-    *PAIRS, ("chosen_idx", pa.int32()), ("rejected_idx", pa.int32()),
-    ("chosen_num_tokens", pa.int32()), ("rejected_num_tokens", pa.int32()),
-])
+from aipo_ray.storage.schemas import PAIRS_OUT
 
 
 @dataclass

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from aipo_ray.config import GenerationConfig, SelfInstructConfig, StorageConfig
 from aipo_ray.storage import make_prompt_id
+from aipo_ray.storage.schemas import SELF_INSTRUCT
 
 SOURCE = "self_instruct"
 
@@ -32,12 +33,6 @@ DEFAULT_TEMPLATE = (
     "alone. Reply with the new instruction only: no answer, no numbering, no explanation."
 )
 
-# The raw table SelfInstructStage writes: the prompts contract plus what the filters need.
-SELF_INSTRUCT = pa.schema([
-    ("prompt_id", pa.string()), ("prompt", pa.string()), ("source", pa.string()),
-    ("iteration", pa.int32()), ("request_id", pa.string()), ("response", pa.string()),
-    ("finish_reason", pa.string()), ("truncated", pa.bool_()),
-])
 
 
 def num_requests(cfg: SelfInstructConfig) -> int:

@@ -71,6 +71,11 @@ def seed_prompts_path() -> str:
     return str(resources.files("aipo_ray") / "assets" / "seed_prompts.jsonl")
 
 
+def resolve_source_uri(path: str) -> str:
+    """Where a `prompts.sources[].path` points: the shipped seed file for `builtin:seed_prompts`."""
+    return seed_prompts_path() if path == SEED_PROMPTS else path
+
+
 # -- locating files ------------------------------------------------------------------------------
 def _detect_format(path: str) -> str:
     suffix = posixpath.splitext(path)[1].lower()
@@ -86,7 +91,7 @@ def resolve_files(src: PromptSourceConfig, storage: StorageConfig | None = None)
     """(path, format) of every file `src` names: a file, a glob, a directory, or a `datasets` dir."""
     if src.format == "hf_hub":
         return [(src.path, "hf_hub")]
-    uri = seed_prompts_path() if src.path == SEED_PROMPTS else src.path
+    uri = resolve_source_uri(src.path)
     fs, path = filesystem(uri, storage)
     if any(ch in path for ch in "*?["):
         matches = sorted(fs.glob(path))

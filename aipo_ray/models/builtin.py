@@ -48,6 +48,14 @@ def _package_file(package: str, filename: str) -> Path:
     raise FileNotFoundError(f"{filename} not found in package {package!r}")
 
 
+def builtin_file(name: str) -> Path:
+    """The file a built-in model is made from (its bytes are the model's identity)."""
+    key = name.removeprefix(BUILTIN_PREFIX)
+    if key not in _GGUF_MODELS:
+        raise ValueError(f"unknown builtin model {key!r}; builtin models: {', '.join(builtin_names())}")
+    return _package_file(*_GGUF_MODELS[key])
+
+
 def builtin_model_path(name: str) -> str:
     """Local safetensors directory of a built-in model, converting it on first use."""
     name = name.removeprefix(BUILTIN_PREFIX)

@@ -1,19 +1,13 @@
 """The recipe: stages wired into iterations. Components never import this package."""
 
-from .stage import (
-    DamagedInput,
-    Stage,
-    StageContext,
-    StageError,
-    StageResult,
-    fingerprint,
-    is_done,
-    run_stage,
-)
+from .fingerprint import fingerprint, identity_payload
+from .registry import default_stages, stage_names
+from .runner import is_done, run_stage
+from .stage import DamagedInput, PolicyStage, Stage, StageContext, StageError, StageResult
 
 __all__ = [
-    "DamagedInput", "Stage", "StageContext", "StageError", "StageResult", "fingerprint",
-    "is_done", "run_stage",
+    "DamagedInput", "PolicyStage", "Stage", "StageContext", "StageError", "StageResult",
+    "default_stages", "fingerprint", "identity_payload", "is_done", "run_stage", "stage_names",
 ]
 
 

@@ -21,34 +21,17 @@ from aipo_ray.models import POINTER
 from aipo_ray.runtime import init_ray
 from aipo_ray.storage import RUN_JSON, RunDir
 
-from .stage import DamagedInput, Stage, StageContext, run_stage
+from .fingerprint import leaf_changes
+from .plan import log_plan, plan_run
+from .registry import default_stages
+from .runner import run_stage
+from .stage import DamagedInput, Stage, StageContext
 
 log = logging.getLogger(__name__)
 
 StageFactory = Callable[[RunConfig, int], Sequence[Stage]]
 
-
-def default_stages(config: RunConfig, iteration: int) -> list[Stage]:
-    """self-instruct → filter (prompts) → generate → rank → pairs → ref_logps → train → commit."""
-    from .stages.commit import CommitStage
-    from .stages.generate import GenerateStage
-    from .stages.pairs import PairsStage
-    from .stages.prompts import PromptsStage
-    from .stages.rank import RankStage
-    from .stages.ref_logps import RefLogpsStage, needs_reference
-    from .stages.stats import StatsStage
-    from .stages.train import TrainStage
-
-    chain: list[Stage] = []
-    if config.self_instruct.enabled:
-        from .stages.self_instruct import SelfInstructStage
-
-        chain.append(SelfInstructStage())
-    chain += [PromptsStage.for_config(config), GenerateStage(), RankStage(), PairsStage()]
-    if needs_reference(config):
-        chain.append(RefLogpsStage())
-    chain += [TrainStage(), CommitStage(), StatsStage()]
-    return chain
+__all__ = ["RunSummary", "default_stages", "prepare_run_dir", "resume", "run", "run_iteration"]
 
 
 @dataclass
@@ -69,14 +52,27 @@ def _as_factory(stages: Sequence[Stage] | StageFactory | None) -> StageFactory:
 
 
 def prepare_run_dir(config: RunConfig) -> RunDir:
-    """Write run.json (first start only) and the base-model pointer models/iter_000."""
+    """Write run.json and the base-model pointer models/iter_000.
+
+    run.json's `config` is the latest config the run was started with (what `aipo resume` uses);
+    each change to it is appended to `history` with its time and the keys that changed.
+    """
     run_dir = RunDir(config.resolved_run_dir, config.storage)
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    public = config.to_public_dict()
     if not run_dir.exists(RUN_JSON):
-        run_dir.write_json(RUN_JSON, {
-            "config": config.to_public_dict(),
-            "aipo_ray_version": __version__,
-            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        })
+        run_dir.write_json(RUN_JSON, {"config": public, "aipo_ray_version": __version__,
+                                      "started_at": now, "history": []})
+    else:
+        meta = run_dir.read_json(RUN_JSON)
+        changes = leaf_changes(meta.get("config", {}), public)
+        if changes:
+            log.info("config of %s changed: %s", run_dir.uri,
+                     "; ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in changes.items()))
+            meta.setdefault("history", []).append({"at": now, "changes": changes,
+                                                   "aipo_ray_version": __version__})
+            meta["config"] = public
+            run_dir.write_json(RUN_JSON, meta)
     pointer = f"models/{run_dir.model_name(0)}/{POINTER}"
     if not run_dir.exists(pointer):
         run_dir.write_json(pointer, {"path": config.model.path})
@@ -103,6 +99,7 @@ def run(
     factory = _as_factory(stages)
     init_ray(config.ray)
     rd = prepare_run_dir(config)
+    log_plan(plan_run(config, factory, rd, total))
     summary = RunSummary(run_dir=rd.uri)
     started = time.time()
     for iteration in range(1, total + 1):
@@ -147,7 +144,7 @@ def run_iteration(chain: Sequence[Stage], ctx: StageContext, total: int | None =
 
 
 def resume(run_dir: str, overrides: list[str] | None = None, **kwargs) -> RunSummary:
-    """Continue a run from its run.json. Credentials are not in run.json: they come from the
+    """Continue a run from the latest config in its run.json. Credentials are not in run.json: they come from the
     environment (AWS_*), as they did when the run started."""
     from aipo_ray.config import apply_overrides, build_config
     from aipo_ray.config.storage import StorageConfig

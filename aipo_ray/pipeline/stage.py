@@ -1,28 +1,38 @@
-"""The Stage protocol and the one function that runs a stage exactly once per input.
+"""The stage contract: what a step of an iteration declares, and what it may read and write.
 
-A stage reads finished tables of its iteration, writes its own table under
-`<run>/iter_NNN/<stage.name>/`, and returns counts. `run_stage` owns the bookkeeping: it skips a
-stage whose `_SUCCESS` fingerprint matches, clears a half-written one before re-running it, and
-writes `_SUCCESS` last.
+A stage reads finished tables of its iteration (`inputs`), writes its own table under
+`<run>/iter_NNN/<name>/` (checked against `schema`), and returns counts. Everything its output
+depends on is declared here, so the runtime (runner.py) can fingerprint it by content and skip
+it when nothing changed:
+
+- `name` and `version` (bump the version when the stage's code changes what it writes);
+- `inputs`: stages of the same iteration; `history_inputs`: stages of every earlier iteration
+  (self-instruct's pool grows with the prompts of iterations 1..t-1);
+- `models(ctx)`: the models it reads, by role (θ_t is `policy`);
+- `config_keys`: config sections or dotted keys (`generation`, `eval.similarity_ngram`);
+- `fingerprint_extra(ctx)`: anything else (a user's Python function given directly).
+
+Adding a stage: subclass `Stage` in its own module under `pipeline/stages/` and add the class to
+`pipeline/registry.py` (docs/python-api.md).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import os
-import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 
 from aipo_ray.config import RunConfig
-from aipo_ray.storage import RunDir, clear_directory, with_retries, write_success
+from aipo_ray.storage import RunDir
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from aipo_ray.resources import ResourceAsk
+
+POLICY = "policy"
+# How θ_t is read (tokenizer, chat template, dtype): every stage that reads θ_t depends on them.
+# `model.path` is not among them: it is θ_0, whose identity the `policy` model already carries.
+MODEL_IO_KEYS = ("model.tokenizer", "model.chat_template", "model.dtype", "model.trust_remote_code")
 
 
 class StageError(RuntimeError):
@@ -86,104 +96,52 @@ class StageContext:
         self.run_dir.write_rejected(self.iteration, stage, table, part)
 
 
-@runtime_checkable
-class Stage(Protocol):
-    """One step of an iteration. `name` is also its output directory under `iter_NNN/`."""
+class Stage:
+    """One step of an iteration. `name` is also its output directory under `iter_NNN/`.
 
-    name: ClassVar[str] | str
-    inputs: ClassVar[tuple[str, ...]] | tuple[str, ...]
-
-    def run(self, ctx: StageContext) -> StageResult: ...
-
-
-# Keys that say where and how long to run, never what a stage computes: changing them (adding
-# iterations, moving the run, resizing the cluster) must not invalidate finished stages.
-_NOT_OUTPUT_KEYS = frozenset({"name", "run_dir", "iterations", "ray", "storage", "eval", "serve"})
-
-
-def stage_config(stage: Stage, ctx: StageContext) -> dict[str, Any]:
-    """The config a stage's output depends on: its `config_keys` sections, or every section that
-    can change results when it declares none."""
-    keys = getattr(stage, "config_keys", None)
-    dump = ctx.config.to_public_dict()
-    if keys is None:
-        return {k: v for k, v in dump.items() if k not in _NOT_OUTPUT_KEYS}
-    return {k: dump.get(k) for k in keys}
-
-
-def fingerprint(stage: Stage, ctx: StageContext) -> str:
-    """Hash of what the stage's output depends on: its inputs' fingerprints, θ_t and its config.
-
-    A change to any of them makes the driver redo the stage instead of trusting old output.
+    Subclasses set the class attributes and implement `run`; the defaults describe a stage
+    that reads no model, no config and no earlier iteration.
     """
-    inputs = {}
-    for name in stage.inputs:
-        rec = ctx.run_dir.stage_success(ctx.iteration, name)
-        inputs[name] = rec.get("fingerprint") if rec else None
-    extra = stage.fingerprint_extra(ctx) if hasattr(stage, "fingerprint_extra") else None
-    payload = {
-        "stage": stage.name, "iteration": ctx.iteration, "inputs": inputs,
-        "policy": ctx.policy_uri, "config": stage_config(stage, ctx), "extra": extra,
-    }
-    blob = json.dumps(payload, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    inputs: tuple[str, ...] = ()
+    history_inputs: tuple[str, ...] = ()
+    config_keys: tuple[str, ...] = ()
+    schema: ClassVar[pa.Schema | None] = None
+    # True when the stage commits θ_{t+1}: the stages of t+1 that read the policy follow it.
+    commits_model: ClassVar[bool] = False
+    # True when a rerun with the same fingerprint may keep the shards a killed run committed.
+    resumable: ClassVar[bool] = False
+
+    @classmethod
+    def enabled(cls, config: RunConfig) -> bool:
+        """Whether the default chain includes this stage for `config`."""
+        return True
+
+    @classmethod
+    def for_config(cls, config: RunConfig) -> Stage:
+        """The instance the default chain runs for `config`."""
+        return cls()
+
+    def models(self, ctx: StageContext) -> dict[str, str]:
+        """The models the output depends on, role -> URI; fingerprinted by content."""
+        return {}
+
+    def fingerprint_extra(self, ctx: StageContext) -> Any:
+        """What else the output depends on (JSON-able); None when nothing."""
+        return None
+
+    def resource_asks(self, config: RunConfig) -> list[ResourceAsk]:
+        """The Ray resources the stage will ask for, checked against the cluster first."""
+        return []
+
+    def run(self, ctx: StageContext) -> StageResult:
+        raise NotImplementedError(f"stage {self.name!r} does not implement run()")
 
 
-def is_done(stage: Stage, ctx: StageContext) -> bool:
-    rec = ctx.run_dir.stage_success(ctx.iteration, stage.name)
-    return rec is not None and rec.get("fingerprint") == fingerprint(stage, ctx)
+class PolicyStage(Stage):
+    """A stage that reads θ_t (generation, ranking by the policy, reference log-probs, training)."""
 
-
-def run_stage(stage: Stage, ctx: StageContext, force: bool = False) -> dict[str, Any]:
-    """Run `stage` unless its valid `_SUCCESS` says it is done; return its `_SUCCESS` record."""
-    where = f"iteration {ctx.iteration} stage {stage.name!r}"
-    fp = fingerprint(stage, ctx)
-    done = ctx.run_dir.stage_success(ctx.iteration, stage.name)
-    if done is not None and done.get("fingerprint") == fp and not force:
-        log.info("%s: done (valid _SUCCESS), skipping", where)
-        return {**done, "skipped": True}
-    directory = ctx.stage_path(stage.name)
-    # Half-written or stale output must go before the rerun, or its rows would be counted twice.
-    with_retries(lambda: clear_directory(ctx.run_dir.fs, directory), f"clear {where}",
-                 ctx.run_dir.storage)
-    log.info("%s: running", where)
-    started = time.time()
-    result = stage.run(ctx)
-    seconds = time.time() - started
-    _pause_for_tests(stage.name, where)
-    _check_rejected_fraction(result, ctx.config.max_bad_row_fraction, where, directory)
-    record = {
-        "stage": stage.name, "iteration": ctx.iteration, "fingerprint": fp,
-        "rows_in": result.rows_in, "rows_out": result.rows_out,
-        "rejected": dict(result.rejected), "rejected_total": result.rejected_total,
-        "seconds": round(seconds, 3),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "extra": result.extra,
-    }
-    with_retries(lambda: write_success(ctx.run_dir.fs, directory, record), f"mark {where} done",
-                 ctx.run_dir.storage)
-    log.info("%s: done in %.1fs (%d in, %d out, %d rejected)", where, seconds, result.rows_in,
-             result.rows_out, result.rejected_total)
-    return record
-
-
-# Fault-injection hook (tests/reliability): with AIPO_TEST_PAUSE_IN_STAGE=<stage name> the driver
-# stops after that stage wrote its output and before its `_SUCCESS`, the widest window a crash can
-# hit, so a test can SIGKILL it there. Unset in every real run.
-PAUSE_ENV = "AIPO_TEST_PAUSE_IN_STAGE"
-
-
-def _pause_for_tests(name: str, where: str) -> None:
-    if os.environ.get(PAUSE_ENV) == name:
-        log.warning("%s: paused before _SUCCESS (%s)", where, PAUSE_ENV)
-        time.sleep(3600)
-
-
-def _check_rejected_fraction(result: StageResult, limit: float, where: str, directory: str) -> None:
-    if result.rows_in and result.rejected_total / result.rows_in > limit:
-        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(result.rejected.items()))
-        raise StageError(
-            f"{where}: rejected {result.rejected_total} of {result.rows_in} rows "
-            f"({result.rejected_total / result.rows_in:.0%} > max_bad_row_fraction {limit:.0%}); "
-            f"reasons: {reasons}; see {directory}/_rejected/"
-        )
+    def models(self, ctx: StageContext) -> dict[str, str]:
+        return {POLICY: ctx.policy_uri}

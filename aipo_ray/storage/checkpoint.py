@@ -71,7 +71,8 @@ def build_manifest(local_dir: str | Path) -> dict[str, Any]:
     return {"format": 1, "files": files}
 
 
-def _manifest_bytes(manifest: dict[str, Any]) -> bytes:
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    """The bytes of `manifest.json`: their sha256 is the checkpoint's identity."""
     return json.dumps(manifest, indent=2, sort_keys=True).encode()
 
 
@@ -99,7 +100,7 @@ def upload_checkpoint(
         size = call(lambda t=target: fs.info(t)["size"], f"stat {rel}")
         if size != entry["size"]:
             raise CheckpointError(f"{uri}/{rel}: uploaded {size} bytes, expected {entry['size']}")
-    body = _manifest_bytes(manifest)
+    body = manifest_bytes(manifest)
     call(lambda: fs.pipe_file(posixpath.join(root, MANIFEST), body), "write manifest.json")
     marker = json.dumps({"manifest_sha256": hashlib.sha256(body).hexdigest()}).encode()
     call(lambda: fs.pipe_file(committed, marker), "write _COMMITTED")
@@ -141,7 +142,32 @@ def read_manifest(uri: str, storage: StorageConfig | None = None) -> tuple[dict[
         raise CheckpointError(f"{uri}/{MANIFEST}: unreadable manifest ({e})") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
         raise CheckpointError(f"{uri}/{MANIFEST}: no 'files' list; refusing it")
+    _check_marker(fs, root, uri, body, storage)
     return manifest, body
+
+
+def _check_marker(fs, root: str, uri: str, body: bytes, storage) -> None:
+    """`_COMMITTED` records the sha256 of the manifest it committed: a manifest replaced after the
+    commit (or a marker left from another commit) would make the model's identity a lie."""
+    raw = with_retries(lambda: fs.cat_file(posixpath.join(root, COMMITTED)),
+                       f"read {uri}/{COMMITTED}", storage)
+    try:
+        recorded = json.loads(raw)["manifest_sha256"]
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{uri}/{COMMITTED}: unreadable marker (no manifest_sha256); "
+                              "refusing the checkpoint") from None
+    if recorded != hashlib.sha256(body).hexdigest():
+        raise CheckpointError(f"{uri}/{MANIFEST}: sha256 differs from the one {COMMITTED} "
+                              "recorded (the manifest changed after the commit); refusing it")
+
+
+def checkpoint_identity(uri: str, storage: StorageConfig | None = None) -> str:
+    """`manifest:<sha256>` of a committed checkpoint: what the model is, wherever it lies.
+
+    Reads only the two markers (cheap on S3); the marker must match the manifest.
+    """
+    _, body = read_manifest(uri, storage)
+    return "manifest:" + hashlib.sha256(body).hexdigest()
 
 
 def _check_files(fs, root: str, uri: str, manifest: dict[str, Any], storage) -> None:

@@ -18,6 +18,9 @@ from .schemas import SCHEMAS
 MODELS = "models"
 LATEST = "LATEST"
 RUN_JSON = "run.json"
+TRAIN = "train"
+STAGED_MODEL = "model"
+TRAIN_METRICS = "metrics.jsonl"
 
 
 def iteration_name(iteration: int) -> str:
@@ -61,6 +64,13 @@ class RunDir:
 
     def model_uri(self, iteration: int) -> str:
         return self.uri_of(MODELS, iteration_name(iteration))
+
+    def staged_model_uri(self, iteration: int) -> str:
+        """Where the train stage of `iteration` leaves θ_iteration for the commit stage."""
+        return self.uri_of(iteration_name(iteration), TRAIN, STAGED_MODEL)
+
+    def train_metrics_uri(self, iteration: int) -> str:
+        return self.uri_of(iteration_name(iteration), TRAIN, TRAIN_METRICS)
 
     # -- small documents ---------------------------------------------------------------------
     def exists(self, *parts: str) -> bool:

@@ -28,6 +28,17 @@ REF_LOGPS = pa.schema([
     ("prompt_id", pa.string()), ("ref_chosen_logp", pa.float64()),
     ("ref_rejected_logp", pa.float64()), ("chosen_len", pa.int32()), ("rejected_len", pa.int32()),
 ])
+# What the pairs stage writes: the PAIRS contract plus what the report and the length analysis need.
+PAIRS_OUT = pa.schema([
+    *PAIRS, ("chosen_idx", pa.int32()), ("rejected_idx", pa.int32()),
+    ("chosen_num_tokens", pa.int32()), ("rejected_num_tokens", pa.int32()),
+])
+# The raw table the self_instruct stage writes: the prompts contract plus what the filters need.
+SELF_INSTRUCT = pa.schema([
+    ("prompt_id", pa.string()), ("prompt", pa.string()), ("source", pa.string()),
+    ("iteration", pa.int32()), ("request_id", pa.string()), ("response", pa.string()),
+    ("finish_reason", pa.string()), ("truncated", pa.bool_()),
+])
 # Every stage's refused rows share one shape: what, where, why, and the row itself as JSON.
 REJECTED = pa.schema([
     ("prompt_id", pa.string()), ("source", pa.string()), ("row", pa.int64()),
@@ -35,8 +46,8 @@ REJECTED = pa.schema([
 ])
 
 SCHEMAS: dict[str, pa.Schema] = {
-    "prompts": PROMPTS, "generations": GENERATIONS, "rankings": RANKINGS, "pairs": PAIRS,
-    "ref_logps": REF_LOGPS, "_rejected": REJECTED,
+    "self_instruct": SELF_INSTRUCT, "prompts": PROMPTS, "generations": GENERATIONS,
+    "rankings": RANKINGS, "pairs": PAIRS, "ref_logps": REF_LOGPS, "_rejected": REJECTED,
 }
 
 

@@ -4,8 +4,8 @@ import pyarrow as pa
 import pytest
 
 from aipo_ray.config import PairsConfig
-from aipo_ray.data.pairs import PAIRS_OUT, select_pairs
-from aipo_ray.storage.schemas import GENERATIONS, PAIRS, RANKINGS
+from aipo_ray.data.pairs import select_pairs
+from aipo_ray.storage.schemas import GENERATIONS, PAIRS, PAIRS_OUT, RANKINGS
 
 
 def tables(prompts):

@@ -2,13 +2,12 @@
 local Ray cluster, then the prompts stage filters them."""
 
 from aipo_ray.config import RunConfig
-from aipo_ray.data.self_instruct import SELF_INSTRUCT
 from aipo_ray.models import POINTER
-from aipo_ray.pipeline.stage import StageContext, run_stage
+from aipo_ray.pipeline import StageContext, run_stage
 from aipo_ray.pipeline.stages.prompts import PromptsStage
 from aipo_ray.pipeline.stages.self_instruct import SelfInstructStage
 from aipo_ray.storage import RunDir, make_prompt_id, read_rejected
-from aipo_ray.storage.schemas import PROMPTS
+from aipo_ray.storage.schemas import PROMPTS, SELF_INSTRUCT
 
 
 def make_ctx(root, model_path, **overrides):

@@ -6,16 +6,15 @@ import pyarrow as pa
 import pytest
 
 from aipo_ray.config import RunConfig
-from aipo_ray.data.self_instruct import SELF_INSTRUCT
 from aipo_ray.models import POINTER
-from aipo_ray.pipeline.stage import StageContext, StageError, StageResult, run_stage
+from aipo_ray.pipeline import Stage, StageContext, StageError, StageResult, run_stage
 from aipo_ray.pipeline.stages.pairs import PairsStage
 from aipo_ray.pipeline.stages.prompts import PromptsStage, iteration_slice
 from aipo_ray.storage import RunDir, make_prompt_id, read_rejected
-from aipo_ray.storage.schemas import PROMPTS
+from aipo_ray.storage.schemas import PROMPTS, SELF_INSTRUCT
 
 
-class TableStage:
+class TableStage(Stage):
     """Stands in for an upstream stage: writes a hand-made table (so its _SUCCESS is real)."""
 
     def __init__(self, name, table):

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 
 from aipo_ray.config import RunConfig
 from aipo_ray.models import POINTER
-from aipo_ray.pipeline.stage import StageContext, run_stage
+from aipo_ray.pipeline import StageContext, run_stage
 from aipo_ray.pipeline.stages import generate as generate_stage
 from aipo_ray.pipeline.stages.generate import GenerateStage
 from aipo_ray.storage import RunDir, make_prompt_id, write_success

@@ -6,12 +6,12 @@ import pyarrow as pa
 
 from aipo_ray.cli import main as aipo_main
 from aipo_ray.config import load_config
-from aipo_ray.pipeline import StageResult
+from aipo_ray.pipeline import Stage, StageResult
 from aipo_ray.pipeline.driver import resume, run
 from aipo_ray.storage import RunDir, make_prompt_id
 
 
-class RecordPolicy:
+class RecordPolicy(Stage):
     """Writes one row naming the model it would generate with, like a generation stage."""
 
     name = "prompts"
@@ -30,11 +30,12 @@ class RecordPolicy:
         return StageResult(rows_in=0, rows_out=1)
 
 
-class MarkCommitted:
+class MarkCommitted(Stage):
     """Stands in for training + commit: writes models/iter_i/_COMMITTED and LATEST."""
 
     name = "commit"
     inputs = ("prompts",)
+    commits_model = True
 
     def run(self, ctx):
         rd = ctx.run_dir

@@ -4,7 +4,7 @@ import pyarrow as pa
 import pytest
 
 from aipo_ray.config import load_config
-from aipo_ray.pipeline import StageContext, StageError, StageResult, run_stage
+from aipo_ray.pipeline import Stage, StageContext, StageError, StageResult, run_stage
 from aipo_ray.storage import RunDir, make_prompt_id, read_rejected, rejected_rows
 
 
@@ -15,7 +15,7 @@ def prompts_table(texts):
     })
 
 
-class WritePrompts:
+class WritePrompts(Stage):
     """A stage writing a fixed prompt table, rejecting prompts that contain 'bad'."""
 
     name = "prompts"

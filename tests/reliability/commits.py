@@ -14,14 +14,13 @@ import sys
 from pathlib import Path
 
 from aipo_ray.config import RunConfig, StorageConfig, build_config
-from aipo_ray.pipeline.stage import StageContext, StageResult, run_stage
+from aipo_ray.pipeline import Stage, StageContext, StageResult, run_stage
 from aipo_ray.pipeline.stages.commit import CommitStage
-from aipo_ray.pipeline.stages.train import staged_model_uri
 from aipo_ray.storage import RunDir
 from aipo_ray.storage.checkpoint import commit_checkpoint, upload_checkpoint
 
 
-class StagedTrain:
+class StagedTrain(Stage):
     """The train stage's contract without training: `train/model/` committed from `source`."""
 
     name = "train"
@@ -32,7 +31,7 @@ class StagedTrain:
         self.source = source
 
     def run(self, ctx: StageContext) -> StageResult:
-        upload_checkpoint(self.source, staged_model_uri(ctx), ctx.config.storage)
+        upload_checkpoint(self.source, ctx.run_dir.staged_model_uri(ctx.iteration), ctx.config.storage)
         return StageResult(rows_in=0, rows_out=0)
 
 

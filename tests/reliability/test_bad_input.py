@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 
 from aipo_ray.config import load_config
 from aipo_ray.data.sources import PromptSourceError, load_prompts
-from aipo_ray.pipeline import StageContext, run_stage
-from aipo_ray.pipeline.stage import StageError
+from aipo_ray.pipeline import StageContext, StageError, run_stage
 from aipo_ray.pipeline.stages.prompts import PromptsStage
 from aipo_ray.storage import RunDir
 from aipo_ray.storage.tables import read_rejected

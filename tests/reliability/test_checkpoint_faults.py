@@ -16,10 +16,9 @@ import pytest
 import yaml
 
 from aipo_ray.models import resolve_model_path
+from aipo_ray.pipeline import DamagedInput, Stage, StageResult, run_stage
 from aipo_ray.pipeline.driver import run_iteration
-from aipo_ray.pipeline.stage import DamagedInput, StageResult, run_stage
 from aipo_ray.pipeline.stages.commit import CommitStage
-from aipo_ray.pipeline.stages.train import staged_model_uri
 from aipo_ray.storage import StorageError
 from aipo_ray.storage.checkpoint import (
     COMMITTED,
@@ -188,12 +187,12 @@ def test_damaged_staged_model_sends_the_resumed_iteration_back_to_train(
     records = run_iteration([StagedTrain(staged), CommitStage()], ctx)
     assert not records["train"].get("skipped") and not records["commit"].get("skipped")
     assert records["train"]["finished_at"] >= first_train["finished_at"]
-    verify_checkpoint(staged_model_uri(ctx), storage)
+    verify_checkpoint(ctx.run_dir.staged_model_uri(ctx.iteration), storage)
     verify_checkpoint(ctx.output_model_uri, storage)
     assert rd.latest_model() == "iter_002"
 
 
-class _AlwaysDamaged:
+class _AlwaysDamaged(Stage):
     """A commit whose staged input stays damaged however often train reruns."""
 
     name, inputs, config_keys = "commit", ("train",), ()

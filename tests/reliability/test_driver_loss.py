@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from aipo_ray.pipeline.driver import default_stages, resume, run
-from aipo_ray.pipeline.stage import PAUSE_ENV
+from aipo_ray.pipeline.runner import PAUSE_ENV
 from aipo_ray.storage import RunDir
 from aipo_ray.storage.checkpoint import verify_checkpoint
 from tests.e2e.conftest import tiny_run_config

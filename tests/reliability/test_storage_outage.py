@@ -13,8 +13,8 @@ import traceback
 import pyarrow as pa
 import pytest
 
+from aipo_ray.pipeline import Stage, StageContext, StageResult, run_stage
 from aipo_ray.pipeline.driver import prepare_run_dir
-from aipo_ray.pipeline.stage import StageContext, StageResult, run_stage
 from aipo_ray.storage import StorageError
 from aipo_ray.storage.fs import is_transient
 
@@ -23,7 +23,7 @@ from .commits import run_config
 pytestmark = pytest.mark.reliability
 
 
-class OutageStage:
+class OutageStage(Stage):
     """Writes part 0, kills the S3 server, restarts it after `restart_after_s` (None: never),
     then writes part 1."""
 

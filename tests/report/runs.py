@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from aipo_ray.config import RunConfig
-from aipo_ray.pipeline.stage import StageContext, StageResult, run_stage
+from aipo_ray.pipeline import Stage, StageContext, StageResult, run_stage
 from aipo_ray.pipeline.stages.stats import StatsStage
 from aipo_ray.storage import RunDir, make_prompt_id, rejected_rows
 
@@ -61,7 +61,7 @@ def train_metrics(iteration: int, steps: int = 5) -> list[dict]:
     ]
 
 
-class TableStage:
+class TableStage(Stage):
     """Writes one hand-made table; `rejected` rows go to `_rejected/` like a real filter's."""
 
     def __init__(self, name: str, rows: list[dict], rejected: list[dict] | None = None,
@@ -79,7 +79,7 @@ class TableStage:
                            rejected=counts)
 
 
-class MetricsStage:
+class MetricsStage(Stage):
     name = "train"
     inputs = ("pairs", "ref_logps")
 

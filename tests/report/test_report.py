@@ -12,7 +12,7 @@ from matplotlib import image as mpimg
 
 from aipo_ray.cli import main
 from aipo_ray.config import RunConfig
-from aipo_ray.pipeline.stage import StageContext, run_stage
+from aipo_ray.pipeline import StageContext, run_stage
 from aipo_ray.report import write_report
 from aipo_ray.storage import RunDir
 

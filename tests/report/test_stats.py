@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aipo_ray.pipeline.stage import StageContext, run_stage
+from aipo_ray.pipeline import StageContext, run_stage
 from aipo_ray.pipeline.stages.stats import StatsStage
 from aipo_ray.report.stats import (
     ngram_overlap,

@@ -10,10 +10,11 @@ from aipo_ray.models import resolve_model_path
 from aipo_ray.pipeline import StageContext, run_stage
 from aipo_ray.pipeline.driver import prepare_run_dir
 from aipo_ray.pipeline.stages.commit import CommitStage
-from aipo_ray.pipeline.stages.ref_logps import RefLogpsStage, needs_reference
+from aipo_ray.pipeline.stages.ref_logps import RefLogpsStage
 from aipo_ray.pipeline.stages.train import TrainStage
 from aipo_ray.storage import write_success
 from aipo_ray.storage.checkpoint import verify_checkpoint
+from aipo_ray.training.trainer import needs_reference
 
 from .test_trainer_on_cpu import make_config, make_pairs
 

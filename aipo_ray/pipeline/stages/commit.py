@@ -7,20 +7,19 @@ never deleted: it is this iteration's reference and may be someone's serving che
 
 from __future__ import annotations
 
-from aipo_ray.pipeline.stage import DamagedInput, StageContext, StageResult
+from aipo_ray.pipeline.stage import DamagedInput, Stage, StageContext, StageResult
 from aipo_ray.storage.checkpoint import CheckpointError, commit_checkpoint, materialize_checkpoint
 
-from .train import staged_model_uri
 
-
-class CommitStage:
+class CommitStage(Stage):
     name = "commit"
     inputs = ("train",)
-    config_keys = ()
+    commits_model = True
 
     def run(self, ctx: StageContext) -> StageResult:
         try:
-            local = materialize_checkpoint(staged_model_uri(ctx), ctx.config.storage)
+            local = materialize_checkpoint(ctx.run_dir.staged_model_uri(ctx.iteration),
+                                           ctx.config.storage)
         except CheckpointError as e:  # storage damaged it after train's _SUCCESS: train again
             raise DamagedInput("train", str(e)) from e
         uri = commit_checkpoint(local, ctx.run_dir, ctx.iteration)  # == ctx.output_model_uri

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aipo_ray.generation import check_candidates, generate
-from aipo_ray.pipeline.stage import StageContext, StageResult
+from aipo_ray.pipeline.stage import MODEL_IO_KEYS, PolicyStage, StageContext, StageResult
 from aipo_ray.runtime import init_ray
 from aipo_ray.storage.schemas import GENERATIONS
 
@@ -19,10 +19,16 @@ from aipo_ray.storage.schemas import GENERATIONS
 PROMPTS_PER_PART = 1024
 
 
-class GenerateStage:
+class GenerateStage(PolicyStage):
     name = "generations"
     inputs = ("prompts",)
-    config_keys = ("generation",)
+    schema = GENERATIONS
+    config_keys = ("generation", *MODEL_IO_KEYS)
+
+    def resource_asks(self, config):
+        from aipo_ray.resources import generation_asks
+
+        return generation_asks(config)
 
     def run(self, ctx: StageContext) -> StageResult:
         import ray.data

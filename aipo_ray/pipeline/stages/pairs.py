@@ -9,11 +9,11 @@ max_tokens, empty) are counted in `extra.dropped_candidates`, and prompts beyond
 from __future__ import annotations
 
 from aipo_ray.data.pairs import select_pairs
-from aipo_ray.pipeline.stage import StageContext, StageResult
+from aipo_ray.pipeline.stage import Stage, StageContext, StageResult
 from aipo_ray.storage import rejected_rows
 
 
-class PairsStage:
+class PairsStage(Stage):
     name = "pairs"
     inputs = ("generations", "rankings")
     config_keys = ("pairs",)

@@ -17,40 +17,48 @@ import pyarrow as pa
 from aipo_ray.config import RunConfig
 from aipo_ray.data.filters import Instruction, filter_instructions
 from aipo_ray.data.pool import load_pool
-from aipo_ray.data.self_instruct import SELF_INSTRUCT
 from aipo_ray.data.sources import load_prompts
-from aipo_ray.pipeline.stage import StageContext, StageError, StageResult
+from aipo_ray.pipeline.stage import (
+    MODEL_IO_KEYS,
+    PolicyStage,
+    StageContext,
+    StageError,
+    StageResult,
+)
 from aipo_ray.storage import conform, rejected_rows
-from aipo_ray.storage.schemas import PROMPTS
-
-from .self_instruct import earlier_prompts_fingerprints
+from aipo_ray.storage.schemas import PROMPTS, SELF_INSTRUCT
 
 log = logging.getLogger(__name__)
 
 
-class PromptsStage:
-    """`self_instruct`: whether the chain has a SelfInstructStage before this one; None reads it
-    from the config at run time (the input list then names `self_instruct` either way, which only
-    adds a missing-input None to the fingerprint)."""
+class PromptsStage(PolicyStage):
+    """`self_instruct`: whether the chain has a SelfInstructStage before this one. With it, the
+    prompts are θ_t's filtered instructions (θ_t's tokenizer counts their tokens, and the pool of
+    earlier iterations' prompts decides near-duplicates); without it, a fixed pool that no model
+    reads, so a recommitted θ_t leaves this stage done."""
 
     name = "prompts"
-    config_keys = ("prompts", "self_instruct", "seed")
+    schema = PROMPTS
 
-    def __init__(self, self_instruct: bool | None = None):
+    def __init__(self, self_instruct: bool = True):
         self.self_instruct = self_instruct
-        self.inputs = () if self_instruct is False else ("self_instruct",)
+        if self_instruct:
+            self.inputs = ("self_instruct",)
+            self.history_inputs = ("prompts",)
+            self.config_keys = ("prompts", "seed", "self_instruct.num_instructions",
+                                "self_instruct.filters", *MODEL_IO_KEYS)
+        else:
+            self.config_keys = ("prompts", "seed")
 
     @classmethod
     def for_config(cls, config: RunConfig) -> PromptsStage:
         return cls(self_instruct=config.self_instruct.enabled)
 
-    def fingerprint_extra(self, ctx: StageContext) -> dict:
-        enabled = ctx.config.self_instruct.enabled
-        return {"earlier_prompts": earlier_prompts_fingerprints(ctx) if enabled else None,
-                "tokenizer": ctx.policy_uri if enabled else None}
+    def models(self, ctx: StageContext) -> dict[str, str]:
+        return super().models(ctx) if self.self_instruct else {}
 
     def run(self, ctx: StageContext) -> StageResult:
-        if ctx.config.self_instruct.enabled:
+        if self.self_instruct:
             return self._filter_self_instruct(ctx)
         return self._fixed_pool(ctx)
 

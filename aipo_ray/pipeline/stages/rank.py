@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pyarrow as pa
 
-from aipo_ray.pipeline.stage import StageContext, StageResult
+from aipo_ray.pipeline.stage import POLICY, PolicyStage, StageContext, StageResult
 from aipo_ray.ranking import RankBatch, rank_map_kwargs
 from aipo_ray.runtime import init_ray
 from aipo_ray.storage.schemas import RANKINGS
@@ -18,16 +18,28 @@ from aipo_ray.storage.schemas import RANKINGS
 ScoreFn = Callable[[str, list[str]], "list[float]"]
 
 
-class RankStage:
+class RankStage(PolicyStage):
     """Ranks with the configured backend, or with `ranker`, a Python function
     `(prompt, candidates) -> scores` given directly (custom DAGs; it must pickle)."""
 
     name = "rankings"
     inputs = ("generations",)
+    schema = RANKINGS
     config_keys = ("ranking",)
 
     def __init__(self, ranker: ScoreFn | None = None):
         self.ranker = ranker
+
+    def models(self, ctx: StageContext) -> dict[str, str]:
+        """θ_t only when the policy judges itself; another ranker is in `ranking.model`."""
+        cfg = ctx.config.ranking
+        judges_itself = self.ranker is None and cfg.backend == "llm_judge" and cfg.model == POLICY
+        return super().models(ctx) if judges_itself else {}
+
+    def resource_asks(self, config):
+        from aipo_ray.resources import ranking_asks
+
+        return ranking_asks(config)
 
     def fingerprint_extra(self, ctx: StageContext) -> str | None:
         fn = self.ranker

@@ -7,18 +7,32 @@ tokenisation and log-prob code). Reference-free losses have no such stage: the d
 
 from __future__ import annotations
 
-from aipo_ray.pipeline.stage import StageContext, StageResult
+from aipo_ray.config import RunConfig
+from aipo_ray.pipeline.stage import MODEL_IO_KEYS, PolicyStage, StageContext, StageResult
+from aipo_ray.storage.schemas import REF_LOGPS
 from aipo_ray.training.reference import compute_ref_logps
 from aipo_ray.training.trainer import needs_reference
 
-__all__ = ["RefLogpsStage", "needs_reference"]
 
-
-class RefLogpsStage:
+class RefLogpsStage(PolicyStage):
     name = "ref_logps"
     inputs = ("pairs",)
-    # `model` too: its chat_template decides which tokens are scored.
-    config_keys = ("training", "reference", "model")
+    schema = REF_LOGPS
+    # What decides which tokens are scored and in what precision; not the optimiser settings,
+    # so variants that differ only in training share this stage.
+    config_keys = (
+        "training.max_prompt_length", "training.max_response_length",
+        "training.mixed_precision", "reference.gpus_per_replica", *MODEL_IO_KEYS,
+    )
+
+    @classmethod
+    def enabled(cls, config: RunConfig) -> bool:
+        return needs_reference(config)
+
+    def resource_asks(self, config):
+        from aipo_ray.resources import reference_asks
+
+        return reference_asks(config)
 
     def run(self, ctx: StageContext) -> StageResult:
         pairs = ctx.read("pairs")

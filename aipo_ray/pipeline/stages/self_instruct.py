@@ -11,35 +11,48 @@ from __future__ import annotations
 
 import logging
 
+from aipo_ray.config import RunConfig
 from aipo_ray.data.pool import load_pool
-from aipo_ray.data.self_instruct import SELF_INSTRUCT, num_requests, self_instruct
-from aipo_ray.pipeline.stage import StageContext, StageError, StageResult
+from aipo_ray.data.self_instruct import num_requests, self_instruct
+from aipo_ray.pipeline.stage import (
+    MODEL_IO_KEYS,
+    PolicyStage,
+    StageContext,
+    StageError,
+    StageResult,
+)
 from aipo_ray.storage import conform, rejected_rows
+from aipo_ray.storage.schemas import SELF_INSTRUCT
 
 log = logging.getLogger(__name__)
 
-# Sampling values self-instruct sets itself; the rest of `generation` (backend, placement) applies.
-_OVERRIDDEN = ("num_candidates", "max_tokens", "temperature", "top_p")
+# Self-instruct sets its own sampling values (self_instruct.*) and leaves the filters to the
+# prompts stage; of `generation` it uses the engine and its placement, not the sampling values.
+_SELF_INSTRUCT_KEYS = tuple(f"self_instruct.{k}" for k in (
+    "num_instructions", "num_few_shot", "num_few_shot_generated", "prompt_template", "oversample",
+    "max_tokens", "temperature", "top_p"))
+_ENGINE_KEYS = tuple(f"generation.{k}" for k in (
+    "backend", "seed", "batch_size", "num_replicas", "tensor_parallel_size", "gpus_per_replica",
+    "max_model_len", "dtype", "engine_kwargs"))
 
 
-def earlier_prompts_fingerprints(ctx: StageContext) -> list[str | None]:
-    """The pool grows with every iteration's prompts, so their fingerprints are inputs too."""
-    records = [ctx.run_dir.stage_success(j, "prompts") for j in range(1, ctx.iteration)]
-    return [r.get("fingerprint") if r else None for r in records]
-
-
-class SelfInstructStage:
+class SelfInstructStage(PolicyStage):
     """x^i = SelfInstruct_θt(X^pool) for P·oversample requests; parsed, not yet filtered."""
 
     name = "self_instruct"
-    inputs = ()
-    config_keys = ("prompts", "seed")
+    schema = SELF_INSTRUCT
+    # The pool grows with every earlier iteration's prompts.
+    history_inputs = ("prompts",)
+    config_keys = ("prompts", "seed", *_SELF_INSTRUCT_KEYS, *_ENGINE_KEYS, *MODEL_IO_KEYS)
 
-    def fingerprint_extra(self, ctx: StageContext) -> dict:
-        si = ctx.config.self_instruct.model_dump(exclude={"filters"})
-        gen = ctx.config.generation.model_dump(exclude=set(_OVERRIDDEN))
-        return {"self_instruct": si, "generation": gen,
-                "earlier_prompts": earlier_prompts_fingerprints(ctx)}
+    @classmethod
+    def enabled(cls, config: RunConfig) -> bool:
+        return config.self_instruct.enabled
+
+    def resource_asks(self, config):
+        from aipo_ray.resources import generation_asks
+
+        return generation_asks(config)
 
     def run(self, ctx: StageContext) -> StageResult:
         cfg = ctx.config

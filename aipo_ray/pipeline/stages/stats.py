@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 import posixpath
 
-from aipo_ray.pipeline.stage import StageContext, StageResult
+from aipo_ray.pipeline.stage import Stage, StageContext, StageResult
 from aipo_ray.report.collect import STATS_JSON, compute_stats, load_iteration
 from aipo_ray.report.similarity import build_similarity
 
 log = logging.getLogger(__name__)
 
 
-class StatsStage:
+class StatsStage(Stage):
     """Per-iteration statistics; `similarity` overrides the configured chosen/rejected similarity.
 
     `ref_logps` and `train` are inputs when present: a reference-free loss has no `ref_logps`
@@ -25,16 +25,14 @@ class StatsStage:
 
     name = "stats"
     inputs = ("prompts", "generations", "rankings", "pairs", "ref_logps", "train")
-    config_keys = ()  # what it depends on beyond the inputs is in fingerprint_extra
+    config_keys = ("eval.similarity_model", "eval.similarity_ngram")
 
     def __init__(self, similarity=None):
         self.similarity = similarity
 
     def fingerprint_extra(self, ctx: StageContext) -> dict:
-        cfg = ctx.config.eval
         custom = getattr(self.similarity, "method", "custom") if self.similarity else None
-        return {"similarity_model": cfg.similarity_model, "ngram": cfg.similarity_ngram,
-                "custom_similarity": custom, "version": 1}
+        return {"custom_similarity": custom}
 
     def run(self, ctx: StageContext) -> StageResult:
         data = load_iteration(ctx.run_dir, ctx.iteration)

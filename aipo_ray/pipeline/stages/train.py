@@ -7,22 +7,22 @@ this stage costs only the commit, which re-verifies and copies it.
 
 from __future__ import annotations
 
-from aipo_ray.pipeline.stage import StageContext, StageResult, fingerprint
+from aipo_ray.pipeline.fingerprint import fingerprint
+from aipo_ray.pipeline.stage import MODEL_IO_KEYS, PolicyStage, StageContext, StageResult
 from aipo_ray.storage import iteration_name
 from aipo_ray.training.trainer import needs_reference, train_policy
 
-MODEL_DIR = "model"
-METRICS = "metrics.jsonl"
 
-
-def staged_model_uri(ctx: StageContext) -> str:
-    return ctx.run_dir.uri_of(iteration_name(ctx.iteration), TrainStage.name, MODEL_DIR)
-
-
-class TrainStage:
+class TrainStage(PolicyStage):
     name = "train"
+    # `ref_logps` is absent for a reference-free loss: its fingerprint entry is then None.
     inputs = ("pairs", "ref_logps")
-    config_keys = ("training", "loss", "model")
+    config_keys = ("training", "loss", *MODEL_IO_KEYS)
+
+    def resource_asks(self, config):
+        from aipo_ray.resources import training_asks
+
+        return training_asks(config)
 
     def run(self, ctx: StageContext) -> StageResult:
         pairs = ctx.read("pairs")
@@ -31,8 +31,9 @@ class TrainStage:
         # picks up Ray Train's last mid-epoch checkpoint instead of starting over.
         run_name = f"{ctx.config.name}-{iteration_name(ctx.iteration)}-{fingerprint(self, ctx)[:12]}"
         out = train_policy(
-            ctx.config, pairs, ref, ctx.policy_uri, output_uri=staged_model_uri(ctx),
-            metrics_uri=ctx.run_dir.uri_of(iteration_name(ctx.iteration), self.name, METRICS),
+            ctx.config, pairs, ref, ctx.policy_uri,
+            output_uri=ctx.run_dir.staged_model_uri(ctx.iteration),
+            metrics_uri=ctx.run_dir.train_metrics_uri(ctx.iteration),
             run_name=run_name,
         )
         return StageResult(rows_in=pairs.num_rows, rows_out=pairs.num_rows,
