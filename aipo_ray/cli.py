@@ -53,10 +53,14 @@ def _print_finish(summary) -> None:
 
 def cmd_status(args) -> int:
     from aipo_ray.config import StorageConfig
-    from aipo_ray.pipeline.status import format_status, run_status
+    from aipo_ray.pipeline.status import NotARunDirectory, format_status, run_status
     from aipo_ray.storage import RunDir
 
-    info = run_status(RunDir(args.run_dir, StorageConfig()))
+    try:
+        info = run_status(RunDir(args.run_dir, StorageConfig()))
+    except NotARunDirectory as e:
+        print(f"aipo status: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(info, indent=2) if args.json else format_status(info))
     return 0
 

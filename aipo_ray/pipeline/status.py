@@ -8,41 +8,80 @@ from typing import Any
 
 from aipo_ray.storage import MODELS, RUN_JSON, RunDir, read_success
 
+from .registry import stage_order
+
 _ITER = re.compile(r"iter_(\d{3,})$")
 
 
+class NotARunDirectory(FileNotFoundError):
+    """The path holds no run.json: not a run directory (or not one yet)."""
+
+
 def run_status(run_dir: RunDir) -> dict[str, Any]:
-    """A JSON-able summary; works on a run that is still in progress."""
-    fs = run_dir.fs
-    info: dict[str, Any] = {"run_dir": run_dir.uri, "latest_model": run_dir.latest_model()}
-    if run_dir.exists(RUN_JSON):
-        meta = run_dir.read_json(RUN_JSON)
-        info["name"] = meta.get("config", {}).get("name")
-        info["iterations_planned"] = meta.get("config", {}).get("iterations")
-        info["started_at"] = meta.get("started_at")
-        if meta.get("started_at"):
-            started = datetime.fromisoformat(meta["started_at"])
-            info["elapsed_s"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
-    iterations = []
-    for path in sorted(fs.ls(run_dir.root, detail=False)) if fs.exists(run_dir.root) else []:
-        m = _ITER.search(path.rstrip("/"))
-        if not m:
-            continue
-        stages = {}
-        for stage_path in sorted(fs.ls(path, detail=False)):
-            if not fs.isdir(stage_path):
-                continue
-            rec = read_success(fs, stage_path)
-            name = stage_path.rstrip("/").rsplit("/", 1)[-1]
-            stages[name] = (
-                {"done": True, "rows_in": rec.get("rows_in"), "rows_out": rec.get("rows_out"),
-                 "rejected": rec.get("rejected_total", 0), "seconds": rec.get("seconds")}
-                if rec else {"done": False}
-            )
-        iterations.append({"iteration": int(m.group(1)), "stages": stages})
-    info["iterations"] = iterations
+    """A JSON-able summary in pipeline order; works on a run that is still in progress.
+
+    Stages of the configured chain that have not started are listed as pending.
+    """
+    if not run_dir.exists(RUN_JSON):
+        raise NotARunDirectory(f"{run_dir.uri}: no {RUN_JSON}; not a run directory (`aipo run` "
+                               "creates one)")
+    meta = run_dir.read_json(RUN_JSON)
+    config = meta.get("config", {})
+    info: dict[str, Any] = {
+        "run_dir": run_dir.uri, "latest_model": run_dir.latest_model(), "name": config.get("name"),
+        "iterations_planned": config.get("iterations"), "started_at": meta.get("started_at"),
+        "config_changes": len(meta.get("history") or []),
+    }
+    if meta.get("started_at"):
+        started = datetime.fromisoformat(meta["started_at"])
+        info["elapsed_s"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
+    chain = _configured_chain(config)
+    info["iterations"] = [{"iteration": it, "stages": _iteration_stages(run_dir, it, chain)}
+                          for it in _iteration_numbers(run_dir)]
     info["checkpoints"] = _checkpoints(run_dir)
+    report = run_dir.path("report", "index.html")
+    info["report"] = run_dir.uri_of("report", "index.html") if run_dir.fs.exists(report) else None
     return info
+
+
+def _configured_chain(config: dict[str, Any]) -> list[str]:
+    """The default chain's stage names for the run's config (empty if it no longer validates)."""
+    from aipo_ray.config import ConfigError, build_config
+
+    from .registry import default_stage_classes
+
+    try:
+        cfg = build_config(config)
+    except ConfigError:
+        return []
+    return [cls.name for cls in default_stage_classes() if cls.enabled(cfg)]
+
+
+def _iteration_numbers(run_dir: RunDir) -> list[int]:
+    fs = run_dir.fs
+    found = []
+    for path in fs.ls(run_dir.root, detail=False):
+        m = _ITER.search(path.rstrip("/"))
+        if m and fs.isdir(path):
+            found.append(int(m.group(1)))
+    return sorted(found)
+
+
+def _iteration_stages(run_dir: RunDir, iteration: int, chain: list[str]) -> dict[str, Any]:
+    fs = run_dir.fs
+    present = {p.rstrip("/").rsplit("/", 1)[-1]: p
+               for p in fs.ls(run_dir.iteration_path(iteration), detail=False) if fs.isdir(p)}
+    stages = {}
+    for name in sorted(set(present) | set(chain), key=stage_order):
+        rec = read_success(fs, present[name]) if name in present else None
+        if rec:
+            stages[name] = {"state": "done", "done": True, "rows_in": rec.get("rows_in"),
+                            "rows_out": rec.get("rows_out"),
+                            "rejected": rec.get("rejected_total", 0), "seconds": rec.get("seconds"),
+                            "reused_from": rec.get("reused_from")}
+        else:
+            stages[name] = {"state": "started" if name in present else "pending", "done": False}
+    return stages
 
 
 def _checkpoints(run_dir: RunDir) -> list[dict[str, Any]]:
@@ -73,11 +112,13 @@ def format_status(info: dict[str, Any]) -> str:
         for name, st in it["stages"].items():
             if st["done"]:
                 lines.append(
-                    f"    {name:<14} done   {st['rows_in']}→{st['rows_out']} rows, "
+                    f"    {name:<14} done     {st['rows_in']}→{st['rows_out']} rows, "
                     f"{st['rejected']} rejected, {st['seconds']}s"
                 )
             else:
-                lines.append(f"    {name:<14} incomplete")
+                lines.append(f"    {name:<14} {st['state']}")
+    if info.get("report"):
+        lines.append(f"  report: {info['report']}")
     for ck in info["checkpoints"]:
         state = "committed" if ck["committed"] else ("base pointer" if ck["pointer"] else "NOT committed")
         lines.append(f"  models/{ck['name']}: {state}")

@@ -21,9 +21,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-# Stages in the order an iteration runs them; tables and plots list stages this way.
-PIPELINE_ORDER = ("self_instruct", "prompts", "generations", "rankings", "pairs", "ref_logps",
-                  "train", "commit", "stats")
 QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 HISTOGRAM_BINS = 20
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -216,7 +213,11 @@ def stage_records(successes: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def stage_order(name: str) -> tuple[int, str]:
-    return (PIPELINE_ORDER.index(name) if name in PIPELINE_ORDER else len(PIPELINE_ORDER), name)
+    """Tables and plots list stages in pipeline order: the stage registry's."""
+    # Imported here: the registry imports the stages, and the stats stage imports this module.
+    from aipo_ray.pipeline.registry import stage_order as registry_order
+
+    return registry_order(name)
 
 
 def parse_metrics(lines: Iterable[str]) -> pd.DataFrame:

@@ -88,14 +88,24 @@ def test_status_reports_stages_and_checkpoints(tmp_path, ray_cluster, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["latest_model"] == "iter_002"
     assert [it["iteration"] for it in info["iterations"]] == [1, 2]
-    assert info["iterations"][0]["stages"]["prompts"] == {
-        "done": True, "rows_in": 0, "rows_out": 1, "rejected": 0,
-        "seconds": info["iterations"][0]["stages"]["prompts"]["seconds"],
+    stages = info["iterations"][0]["stages"]
+    assert stages["prompts"] == {
+        "state": "done", "done": True, "rows_in": 0, "rows_out": 1, "rejected": 0,
+        "seconds": stages["prompts"]["seconds"], "reused_from": None,
     }
+    # Pipeline order (the stage registry), with the configured chain's other stages pending.
+    assert list(stages) == ["self_instruct", "prompts", "generations", "rankings", "pairs",
+                            "ref_logps", "train", "commit", "stats"]
+    assert stages["generations"] == {"state": "pending", "done": False}
     names = {c["name"]: c for c in info["checkpoints"]}
     assert names["iter_000"]["pointer"] and names["iter_002"]["committed"]
     assert aipo_main(["status", str(tmp_path / "run")]) == 0
     assert "latest model: iter_002" in capsys.readouterr().out
+
+
+def test_status_of_a_path_that_is_not_a_run_directory_exits_2(tmp_path, capsys):
+    assert aipo_main(["status", str(tmp_path / "no" / "such" / "dir")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
 
 
 def test_validate_prints_errors_and_exits_2(tmp_path, capsys):
