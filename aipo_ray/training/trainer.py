@@ -73,15 +73,14 @@ def train_policy(
     import ray
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from aipo_ray.runtime import init_ray
-
     uses_reference = needs_reference(config)
     if uses_reference and ref_logps is None:
         raise ValueError(f"loss {config.loss.name!r} needs reference log-probs; run ref_logps first")
     table = join_reference(pairs, ref_logps if uses_reference else None)
     plan = batch_plan(config, table.num_rows)
     log.info("training: %s", plan.describe())
-    init_ray(config.ray)
+    if not ray.is_initialized():  # the driver or the entry point starts (or joins) Ray
+        raise RuntimeError("train_policy needs a running Ray: call aipo_ray.runtime.init_ray first")
     ray_run = _ray_run_config(config, run_name or f"aipo-train-{uuid.uuid4().hex[:8]}", storage_path)
     trainer = TorchTrainer(
         train_loop_per_worker,
