@@ -1,50 +1,30 @@
-"""Loading θ_t (any URI the config accepts) and its tokenizer, the same way in every process."""
+"""Loading θ_t (any URI the config accepts) and its tokenizer for training and the reference.
+
+A thin layer over `aipo_ray.models.loading`, which every stage that reads θ_t shares.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from aipo_ray.config import RunConfig
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from aipo_ray.models import load_causal_lm, load_tokenizer, resolve_model_path, training_dtype
 
 
 def compute_dtype(config: RunConfig, on_gpu: bool) -> torch.dtype:
-    """bf16 on GPU (unless training.mixed_precision says fp32), fp32 on CPU."""
-    mode = config.training.mixed_precision
-    if mode == "fp32":
-        return torch.float32
-    if mode == "bf16" or on_gpu:
-        return torch.bfloat16
-    return torch.float32
-
-
-def load_tokenizer(config: RunConfig, model_dir: str):
-    from transformers import AutoTokenizer
-
-    path = model_dir
-    if config.model.tokenizer and config.model.tokenizer != config.model.path:
-        from aipo_ray.models import resolve_model_path
-
-        path = resolve_model_path(config.model.tokenizer, config.storage)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.model.trust_remote_code)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    """training.mixed_precision when set, else model.dtype, else bf16 on GPU and fp32 on CPU."""
+    return training_dtype(config.model, config.training.mixed_precision, on_gpu)
 
 
 def load_policy(config: RunConfig, model_uri: str, dtype: torch.dtype = torch.float32):
-    """(model_dir, tokenizer, causal LM) for `model_uri`, resolved (and verified) in this process."""
-    from transformers import AutoModelForCausalLM
+    """(model_dir, tokenizer, causal LM) for `model_uri`, resolved (and verified) in this process.
 
-    from aipo_ray.models import resolve_model_path
-
+    Training passes fp32 (its master weights; `compute_dtype` is FSDP's compute dtype), the
+    reference scorer the compute dtype itself.
+    """
     model_dir = resolve_model_path(model_uri, config.storage)
-    tokenizer = load_tokenizer(config, model_dir)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=dtype, trust_remote_code=config.model.trust_remote_code
-    )
-    return model_dir, tokenizer, model
+    tokenizer = load_tokenizer(config.model, model_dir, config.storage)
+    return model_dir, tokenizer, load_causal_lm(config.model, model_dir, dtype)
 
 
 def make_encoder(config: RunConfig, tokenizer):
