@@ -10,4 +10,11 @@ def run(config, stages=None, **kwargs):
     return _run(config, stages=stages, **kwargs)
 
 
-__all__ = ["__version__", "run"]
+def sweep(path, root=None, overrides=None, stages=None):
+    """Run (or resume) every variant of a sweep file (see aipo_ray.sweeps)."""
+    from aipo_ray.sweeps import run_sweep
+
+    return run_sweep(path, root=root, overrides=overrides, stages=stages)
+
+
+__all__ = ["__version__", "run", "sweep"]

@@ -44,6 +44,18 @@ def cmd_resume(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from aipo_ray.sweeps import run_sweep
+
+    results = run_sweep(args.sweep, root=args.root, overrides=args.overrides)
+    print(f"\nsweep finished: {len(results)} variants")
+    for r in results:
+        state = f"latest {r.latest_model}" if r.status == "finished" else \
+            f"FAILED: {(r.error or '').splitlines()[0]}"
+        print(f"  {r.name:<32} {r.seconds:7.0f}s  {r.run_dir}  {state}")
+    return 1 if any(r.status == "failed" for r in results) else 0
+
+
 def _print_finish(summary) -> None:
     print(f"\nrun finished in {summary.seconds:.0f}s: {summary.run_dir}")
     print(f"  latest model: {summary.run_dir}/models/{summary.latest_model}")
@@ -109,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_dir")
     overrides(sp)
     sp.set_defaults(fn=cmd_resume)
+
+    sp = sub.add_parser("sweep", help="run (or resume) every variant of a sweep file, sharing "
+                        "equal stages between variants")
+    sp.add_argument("sweep", help="sweep YAML (base config, overrides, variants and/or grid)")
+    sp.add_argument("--root", help="where the variants' run directories go (default runs/<stem>)")
+    overrides(sp)
+    sp.set_defaults(fn=cmd_sweep)
 
     sp = sub.add_parser("status", help="iterations, stages, rows, checkpoints and elapsed time")
     sp.add_argument("run_dir")

@@ -20,6 +20,9 @@ from .runtime import EvalConfig, RayConfig, ServeConfig
 from .storage import StorageConfig
 from .training import LossConfig, ReferenceConfig, TrainingConfig
 
+# Sections that describe the whole run, not one iteration's computation.
+_RUN_WIDE = frozenset({"name", "run_dir", "iterations", "storage", "ray", "iteration_overrides"})
+
 
 class RunConfig(StrictModel):
     """One iterative run: T iterations of Algorithm 1 starting from `model`."""
@@ -44,6 +47,40 @@ class RunConfig(StrictModel):
     ray: RayConfig = Field(default_factory=RayConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    iteration_overrides: dict[int, list[str]] = Field(
+        default_factory=dict,
+        description="{iteration: [key=value, ...]}: overrides applied from that iteration on "
+        "(hyper-parameters that change between iterations); stage fingerprints see them",
+    )
+
+    @model_validator(mode="after")
+    def _iteration_overrides_valid(self) -> RunConfig:
+        for iteration in sorted(self.iteration_overrides):
+            if iteration < 1:
+                raise ValueError(f"iteration_overrides: iteration {iteration} must be >= 1")
+            for text in self.iteration_overrides[iteration]:
+                key = text.partition("=")[0].strip()
+                if key.split(".")[0] in _RUN_WIDE:
+                    raise ValueError(f"iteration_overrides.{iteration}: {key!r} is run-wide "
+                                     "and cannot change between iterations")
+            self.for_iteration(iteration)  # every cumulative config must validate up front
+        return self
+
+    def for_iteration(self, iteration: int) -> RunConfig:
+        """The config iteration `iteration` runs with: `iteration_overrides` of every iteration
+        up to it applied in order (the config itself when none applies)."""
+        due = [text for it in sorted(self.iteration_overrides) if it <= iteration
+               for text in self.iteration_overrides[it]]
+        if not due:
+            return self
+        data = apply_overrides(self.model_dump(mode="python", exclude={"iteration_overrides"}),
+                               due)
+        try:
+            return RunConfig.model_validate(data)
+        except ValidationError as e:
+            problems = format_validation_error(e, RunConfig)
+            raise ValueError(f"iteration_overrides up to iteration {iteration}: "
+                             + "; ".join(problems)) from None
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:

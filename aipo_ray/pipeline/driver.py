@@ -24,6 +24,7 @@ from aipo_ray.storage import RUN_JSON, RunDir
 from .fingerprint import leaf_changes
 from .plan import log_plan, plan_run
 from .registry import default_stages
+from .reuse import SharedStages
 from .runner import run_stage
 from .stage import DamagedInput, Stage, StageContext
 
@@ -86,9 +87,12 @@ def run(
     overrides: list[str] | None = None,
     run_dir: str | None = None,
     iterations: int | None = None,
+    shared: SharedStages | None = None,
 ) -> RunSummary:
     """Run (or resume) iterations 1..T. `stages` replaces the default chain: a list of stages used
-    in every iteration, or a function (config, iteration) -> stages."""
+    in every iteration, or a function (config, iteration) -> stages. `shared` lets stages take
+    the output of an equal stage (same fingerprint) of another run instead of computing it
+    (sweeps)."""
     if not isinstance(config, RunConfig):
         config = load_config(config, overrides)
     elif overrides:
@@ -103,8 +107,9 @@ def run(
     summary = RunSummary(run_dir=rd.uri)
     started = time.time()
     for iteration in range(1, total + 1):
-        ctx = StageContext(config=config, run_dir=rd, iteration=iteration)
-        records = run_iteration(list(factory(config, iteration)), ctx, total)
+        it_config = config.for_iteration(iteration)  # with the iteration_overrides due by then
+        ctx = StageContext(config=it_config, run_dir=rd, iteration=iteration, shared=shared)
+        records = run_iteration(list(factory(it_config, iteration)), ctx, total)
         summary.iterations.append({"iteration": iteration, "stages": records})
     summary.latest_model = rd.latest_model()
     summary.seconds = time.time() - started

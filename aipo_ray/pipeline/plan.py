@@ -40,8 +40,9 @@ def plan_run(config: RunConfig, factory: Callable[[RunConfig, int], Sequence[Sta
     recommitted: set[int] = set()  # iterations whose model will be committed again
     plan = []
     for iteration in range(1, iterations + 1):
-        ctx = StageContext(config=config, run_dir=run_dir, iteration=iteration)
-        for stage in factory(config, iteration):
+        it_config = config.for_iteration(iteration)
+        ctx = StageContext(config=it_config, run_dir=run_dir, iteration=iteration)
+        for stage in factory(it_config, iteration):
             entry = _plan_stage(stage, ctx, redone, recommitted)
             if entry.will_run:
                 redone.add((iteration, stage.name))

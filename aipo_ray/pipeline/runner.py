@@ -39,6 +39,16 @@ def run_stage(stage: Stage, ctx: StageContext, force: bool = False) -> dict[str,
     if done is not None and done.get("fingerprint") == fp and not force:
         log.info("%s: done (valid _SUCCESS), skipping", where)
         return {**done, "skipped": True}
+    shared = ctx.shared
+    if shared is None or not stage.reusable or force:
+        return _execute(stage, ctx, payload, fp, force, where)
+    with shared.claim(fp):  # an equal stage of another run finishes first, then is taken
+        taken = shared.take(stage, ctx, fp)
+        return taken if taken is not None else _execute(stage, ctx, payload, fp, force, where)
+
+
+def _execute(stage: Stage, ctx: StageContext, payload: dict[str, Any], fp: str, force: bool,
+             where: str) -> dict[str, Any]:
     _check_resources(stage, ctx)
     directory = ctx.stage_path(stage.name)
     _prepare_directory(stage, ctx, directory, fp, force, where)

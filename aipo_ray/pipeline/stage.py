@@ -29,6 +29,8 @@ from aipo_ray.storage import RunDir
 if TYPE_CHECKING:
     from aipo_ray.resources import ResourceAsk
 
+    from .reuse import SharedStages
+
 POLICY = "policy"
 # How θ_t is read (tokenizer, chat template, dtype): every stage that reads θ_t depends on them.
 # `model.path` is not among them: it is θ_0, whose identity the `policy` model already carries.
@@ -73,6 +75,8 @@ class StageContext:
     config: RunConfig
     run_dir: RunDir
     iteration: int
+    # Finished stages of other runs (a sweep's variants) whose output an equal stage may take.
+    shared: SharedStages | None = None
 
     @property
     def policy_uri(self) -> str:
@@ -113,6 +117,9 @@ class Stage:
     commits_model: ClassVar[bool] = False
     # True when a rerun with the same fingerprint may keep the shards a killed run committed.
     resumable: ClassVar[bool] = False
+    # False when the output is more than the stage directory (a commit moves models and LATEST)
+    # or cheaper to recompute than to copy: such a stage never takes another run's output.
+    reusable: ClassVar[bool] = True
 
     @classmethod
     def enabled(cls, config: RunConfig) -> bool:

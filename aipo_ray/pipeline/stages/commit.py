@@ -15,6 +15,7 @@ class CommitStage(Stage):
     name = "commit"
     inputs = ("train",)
     commits_model = True
+    reusable = False  # its output is models/iter_NNN and LATEST, not its directory
 
     def run(self, ctx: StageContext) -> StageResult:
         try:

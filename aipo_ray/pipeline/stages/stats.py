@@ -26,6 +26,7 @@ class StatsStage(Stage):
     name = "stats"
     inputs = ("prompts", "generations", "rankings", "pairs", "ref_logps", "train")
     config_keys = ("eval.similarity_model", "eval.similarity_ngram")
+    reusable = False  # writes iter_NNN/stats.json outside its directory; cheap to recompute
 
     def __init__(self, similarity=None):
         self.similarity = similarity
