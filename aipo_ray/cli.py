@@ -13,10 +13,9 @@ log = logging.getLogger("aipo_ray")
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-    )
+    from aipo_ray.console import setup_logging
+
+    setup_logging(verbose)
 
 
 def cmd_validate(args) -> int:

@@ -18,11 +18,16 @@ def init_ray(cfg: RayConfig | None = None) -> bool:
     """
     import ray
 
+    from aipo_ray.console import verbose
+
     cfg = cfg or RayConfig()
     if ray.is_initialized():
         _configure_data()
         return False
-    kwargs: dict = {"runtime_env": cfg.runtime_env or None, "log_to_driver": True}
+    # Workers' output stays in the Ray session's log files unless asked for: on the console it
+    # buries the stage lines under engine start-up logs.
+    kwargs: dict = {"runtime_env": cfg.runtime_env or None,
+                    "log_to_driver": cfg.log_to_driver or verbose()}
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, **kwargs)
@@ -34,13 +39,28 @@ def init_ray(cfg: RayConfig | None = None) -> bool:
             object_store_memory=cfg.object_store_memory, include_dashboard=False, **kwargs,
         )
     _configure_data()
-    log.info("Ray resources: %s", ray.cluster_resources())
+    log.info("Ray resources: %s; Ray logs: %s", ray.cluster_resources(), ray_logs_dir())
     return True
+
+
+def ray_logs_dir() -> str | None:
+    """The connected Ray session's log directory (worker, actor and Ray Data logs)."""
+    try:
+        from ray._private.worker import global_worker
+
+        return f"{global_worker.node.get_session_dir_path()}/logs"
+    except Exception:  # not connected, or Ray moved the private API
+        return None
 
 
 def _configure_data() -> None:
     import ray
 
+    from aipo_ray.console import verbose
+
     ctx = ray.data.DataContext.get_current()
     # Stage outputs are written in block order; keeping it makes part files deterministic.
     ctx.execution_options.preserve_order = True
+    # Ray Data's progress bars and operator dumps are for -v; the stage lines say what runs.
+    ctx.enable_progress_bars = verbose()
+    ctx.print_on_execution_start = verbose()

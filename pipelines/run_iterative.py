@@ -5,23 +5,25 @@ it starts an embedded local Ray. Re-submitting the same config resumes the run.
 """
 
 import argparse
-import logging
 import sys
 
 
 def main(argv=None) -> int:
     from aipo_ray.config import ConfigError, load_config
+    from aipo_ray.console import setup_logging
     from aipo_ray.pipeline.driver import run
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="YAML run config")
     parser.add_argument("--run-dir", help="local path or s3:// prefix (overrides run_dir)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="everything on the console (Ray, vLLM, ...), not only stage lines")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args, extra = parser.parse_known_args(argv)
     if any("=" not in e or e.startswith("-") for e in extra):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = [*args.overrides, *extra]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as e:

@@ -19,6 +19,9 @@ class RayConfig(StrictModel):
         default=None, ge=75 * 1024 * 1024, description="bytes; cap it on small machines"
     )
     runtime_env: dict[str, Any] = Field(default_factory=dict)
+    log_to_driver: bool = Field(
+        default=False, description="show workers' output on the driver's console (also with -v)"
+    )
 
 
 class EvalConfig(StrictModel):

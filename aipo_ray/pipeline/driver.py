@@ -17,6 +17,7 @@ from typing import Any
 
 from aipo_ray import __version__
 from aipo_ray.config import RunConfig, load_config
+from aipo_ray.console import console, log_to_run_dir
 from aipo_ray.models import POINTER
 from aipo_ray.runtime import init_ray
 from aipo_ray.storage import RUN_JSON, RunDir
@@ -68,7 +69,7 @@ def prepare_run_dir(config: RunConfig) -> RunDir:
         meta = run_dir.read_json(RUN_JSON)
         changes = leaf_changes(meta.get("config", {}), public)
         if changes:
-            log.info("config of %s changed: %s", run_dir.uri,
+            console.info("config of %s changed: %s", run_dir.uri,
                      "; ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in changes.items()))
             meta.setdefault("history", []).append({"at": now, "changes": changes,
                                                    "aipo_ray_version": __version__})
@@ -102,7 +103,12 @@ def run(
     total = iterations or config.iterations
     factory = _as_factory(stages)
     init_ray(config.ray)
+    from aipo_ray.resources import check_cluster, stage_asks
+
+    # An ask no node can meet would make Ray wait forever: fail now, before any stage runs.
+    check_cluster(stage_asks(factory(config, 1), config))
     rd = prepare_run_dir(config)
+    _announce_logs(rd)
     log_plan(plan_run(config, factory, rd, total))
     summary = RunSummary(run_dir=rd.uri)
     started = time.time()
@@ -126,6 +132,7 @@ def run_iteration(chain: Sequence[Stage], ctx: StageContext, total: int | None =
     valid. Once per stage: damage that a rerun does not cure is raised.
     """
     names = [stage.name for stage in chain]
+    console.info("iteration %d/%s", ctx.iteration, total or "?")
     records: dict[str, dict[str, Any]] = {}
     rerun_from: set[str] = set()
     forced_from = len(chain)
@@ -145,7 +152,18 @@ def run_iteration(chain: Sequence[Stage], ctx: StageContext, total: int | None =
             n = forced_from = names.index(e.stage)
             continue
         n += 1
+    skipped = [name for name, rec in records.items() if rec.get("skipped")]
+    if skipped:
+        console.info("  %d stages done earlier, skipped: %s", len(skipped), ", ".join(skipped))
     return records
+
+
+def _announce_logs(rd: RunDir) -> None:
+    """Where the detail went: the driver log, and Ray's own (workers, engines, Ray Data)."""
+    from aipo_ray.runtime import ray_logs_dir
+
+    path = log_to_run_dir(rd.uri)
+    console.info("run %s; logs: %s (Ray: %s)", rd.uri, path, ray_logs_dir())
 
 
 def resume(run_dir: str, overrides: list[str] | None = None, **kwargs) -> RunSummary:

@@ -15,6 +15,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from aipo_ray.console import console
 from aipo_ray.storage import clear_directory, with_retries, write_success
 
 from .fingerprint import digest, identity_payload
@@ -44,7 +45,10 @@ def run_stage(stage: Stage, ctx: StageContext, force: bool = False) -> dict[str,
         return _execute(stage, ctx, payload, fp, force, where)
     with shared.claim(fp):  # an equal stage of another run finishes first, then is taken
         taken = shared.take(stage, ctx, fp)
-        return taken if taken is not None else _execute(stage, ctx, payload, fp, force, where)
+        if taken is None:
+            return _execute(stage, ctx, payload, fp, force, where)
+        console.info("  %-14s reused   from %s", stage.name, taken["reused_from"])
+        return taken
 
 
 def _execute(stage: Stage, ctx: StageContext, payload: dict[str, Any], fp: str, force: bool,
@@ -53,6 +57,7 @@ def _execute(stage: Stage, ctx: StageContext, payload: dict[str, Any], fp: str, 
     directory = ctx.stage_path(stage.name)
     _prepare_directory(stage, ctx, directory, fp, force, where)
     log.info("%s: running", where)
+    console.info("  %-14s running", stage.name)
     started = time.time()
     result = stage.run(ctx)
     seconds = time.time() - started
@@ -70,6 +75,9 @@ def _execute(stage: Stage, ctx: StageContext, payload: dict[str, Any], fp: str, 
                  ctx.run_dir.storage)
     log.info("%s: done in %.1fs (%d in, %d out, %d rejected)", where, seconds, result.rows_in,
              result.rows_out, result.rejected_total)
+    rejected = f", {result.rejected_total} rejected" if result.rejected_total else ""
+    console.info("  %-14s done     %d → %d rows%s  %.1fs", stage.name, result.rows_in,
+                 result.rows_out, rejected, seconds)
     return record
 
 
