@@ -91,8 +91,14 @@ def figures(view: RunView) -> list[H.Section]:
         "win_rate": lambda: plots.win_rates(view.evaluation),
         "stage_times": lambda: plots.stage_times(view.stats),
     }
+    return draw_sections(SECTIONS, draw)
+
+
+def draw_sections(specs, draw: dict) -> list[H.Section]:
+    """One section per (key, title, caption) of `specs`, drawn by `draw[key]()`; a plot without
+    data, or one that fails, is shown as not available."""
     sections = []
-    for key, title, caption in SECTIONS:
+    for key, title, caption in specs:
         try:
             fig = draw[key]()
         except Exception:  # one bad plot must not cost the whole report
@@ -187,15 +193,15 @@ def write_report(run_dir: str, output: str | None = None,
         raise FileNotFoundError(f"{run_dir}: no such run directory")
     page, sections = render(collect(rd), rd.uri)
     out = (output or rd.uri_of("report")).rstrip("/")
-    fs, root = filesystem(out, rd.storage)
-
-    def put(name: str, body: bytes) -> None:
-        with_retries(lambda: fs.pipe_file(posixpath.join(root, name), body), f"write {out}/{name}",
-                     rd.storage)
-
-    with_retries(lambda: fs.makedirs(root, exist_ok=True), f"mkdir {out}", rd.storage)
-    for s in sections:
-        if s.png is not None:
-            put(f"{s.key}.png", s.png)
-    put("index.html", page.encode("utf-8"))
+    files = {f"{s.key}.png": s.png for s in sections if s.png is not None}
+    publish(out, rd.storage, {**files, "index.html": page.encode("utf-8")})
     return f"{out}/index.html"
+
+
+def publish(out: str, storage: StorageConfig, files: dict[str, bytes]) -> None:
+    """Write `files` (name -> bytes) into the directory `out` (local or s3://), in order."""
+    fs, root = filesystem(out, storage)
+    with_retries(lambda: fs.makedirs(root, exist_ok=True), f"mkdir {out}", storage)
+    for name, body in files.items():
+        with_retries(lambda n=name, b=body: fs.pipe_file(posixpath.join(root, n), b),
+                     f"write {out}/{name}", storage)

@@ -113,28 +113,52 @@ def sref_distribution(stats: dict[int, dict]) -> Figure | None:
 def training_curves(metrics: dict[int, pd.DataFrame]) -> Figure | None:
     """Loss, rewards, margin, accuracy, NLL and log-probs per optimizer step (paper Fig. 4);
     iterations are laid end to end, separated by dotted lines."""
+    return overlaid_training_curves({"": metrics})
+
+
+def _step_layout(metrics: dict[int, pd.DataFrame]) -> tuple[list[int], dict[int, int]]:
+    """Iterations with metrics and the optimizer-step offset at which each one starts."""
     its = [i for i in sorted(metrics) if metrics[i] is not None and len(metrics[i])]
-    if not its:
-        return None
-    fig, axes = _subplots((14, 7), 2, 3)
     offsets, start = {}, 0
     for i in its:
         offsets[i] = start
         start += len(metrics[i])
+    return its, offsets
+
+
+def _metric_series(metrics: dict[int, pd.DataFrame], its: list[int], offsets: dict[int, int],
+                   key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    xs, ys = [], []
+    for i in its:
+        m = metrics[i]
+        if key in m:
+            xs.append(offsets[i] + np.arange(1, len(m) + 1))
+            ys.append(pd.to_numeric(m[key], errors="coerce").to_numpy())
+    return (np.concatenate(xs), np.concatenate(ys)) if xs else None
+
+
+def overlaid_training_curves(runs: dict[str, dict[int, pd.DataFrame]]) -> Figure | None:
+    """`training_curves` of several runs in one figure (name -> per-iteration metrics): one
+    colour per run, solid/dashed per metric of a panel. One run keeps the default colours."""
+    layouts = {name: _step_layout(m) for name, m in runs.items()}
+    layouts = {name: lay for name, lay in layouts.items() if lay[0]}
+    if not layouts:
+        return None
+    fig, axes = _subplots((14, 7), 2, 3)
+    # Iteration boundaries only where every run has them at the same steps.
+    bounds = {tuple(off[i] for i in its[1:]) for its, off in layouts.values()}
     for ax, (title, keys) in zip(axes.flat, TRAINING_PANELS, strict=True):
         drawn = False
-        for key in keys:
-            xs, ys = [], []
-            for i in its:
-                m = metrics[i]
-                if key in m:
-                    xs.append(offsets[i] + np.arange(1, len(m) + 1))
-                    ys.append(pd.to_numeric(m[key], errors="coerce").to_numpy())
-            if xs:
-                ax.plot(np.concatenate(xs), np.concatenate(ys), label=key)
+        for v, (name, (its, offsets)) in enumerate(layouts.items()):
+            for k, key in enumerate(keys):
+                xy = _metric_series(runs[name], its, offsets, key)
+                if xy is None:
+                    continue
+                style = {} if len(layouts) == 1 else {"color": f"C{v}", "ls": ("-", "--")[k % 2]}
+                ax.plot(*xy, label=f"{name} {key}".strip(), **style)
                 drawn = True
-        for i in its[1:]:
-            ax.axvline(offsets[i] + 0.5, color="grey", ls=":", lw=0.8)
+        for b in next(iter(bounds)) if len(bounds) == 1 else ():
+            ax.axvline(b + 0.5, color="grey", ls=":", lw=0.8)
         ax.set(title=title, xlabel="optimizer step (all iterations)")
         if drawn:
             ax.legend(fontsize=7)
