@@ -35,7 +35,10 @@ class EvalConfig(StrictModel):
         json_schema_extra=DATA_CONTENT,
     )
     num_prompts: int = Field(default=64, ge=1)
-    max_tokens: int = Field(default=256, ge=1)
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="answer budget; default generation.max_tokens, so a "
+        "model's answers are cut no shorter than in training"
+    )
     temperature: float = Field(default=0.0, ge=0, le=2, description="0: greedy decoding")
     top_p: float = Field(default=1.0, gt=0, le=1)
     compare_to_base: bool = Field(default=True, description="also judge each model against θ_0")

@@ -19,7 +19,7 @@ import json
 import logging
 import posixpath
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -61,8 +61,13 @@ def committed_models(rd: RunDir) -> list[int]:
     return found
 
 
-def heldout_prompts(config: RunConfig, rd: RunDir) -> tuple[pd.DataFrame, str]:
-    """(prompt_id, prompt) frame of at most `eval.num_prompts` held-out prompts, and its source."""
+def heldout_prompts(config: RunConfig, rd: RunDir, trained_in: Sequence[RunDir] = ()
+                    ) -> tuple[pd.DataFrame, str]:
+    """(prompt_id, prompt) frame of at most `eval.num_prompts` held-out prompts, and its source.
+
+    Without `eval.prompts`, a seed prompt is held out when no iteration of `rd` (and of every
+    run in `trained_in`: the variants `aipo compare` judges on one prompt set) trained on it.
+    """
     from aipo_ray.config import PromptsConfig, PromptSourceConfig
     from aipo_ray.data.sources import load_prompts
 
@@ -73,10 +78,11 @@ def heldout_prompts(config: RunConfig, rd: RunDir) -> tuple[pd.DataFrame, str]:
     else:
         frame = load_prompts(config.prompts, config.storage).table.to_pandas()
         trained = set()
-        for it in list_iterations(rd):
-            pairs = read_finished_table(rd, it, "pairs")
-            if pairs is not None:
-                trained |= set(pairs["prompt_id"])
+        for run in (rd, *trained_in):
+            for it in list_iterations(run):
+                pairs = read_finished_table(run, it, "pairs")
+                if pairs is not None:
+                    trained |= set(pairs["prompt_id"])
         frame = frame[~frame["prompt_id"].isin(trained)]
         source = "seed prompts not used in training"
     if frame.empty:
@@ -102,11 +108,18 @@ def model_identity(rd: RunDir, it: int) -> str | None:
         posixpath.join(MODELS, name, POINTER))
 
 
+def eval_max_tokens(config: RunConfig) -> int:
+    """`eval.max_tokens`, by default the generation budget: a model judged with a shorter budget
+    than it trained with would have its (longer) answers cut, hiding length exploitation."""
+    return config.eval.max_tokens or config.generation.max_tokens
+
+
 def _responses_fingerprint(config: RunConfig, prompts: pd.DataFrame, model_uri: str,
                            identity: str | None) -> str:
     cfg = config.eval
     payload = {"prompts": sorted(prompts["prompt_id"]), "model": model_uri, "weights": identity,
-               "max_tokens": cfg.max_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p,
+               "max_tokens": eval_max_tokens(config), "temperature": cfg.temperature,
+               "top_p": cfg.top_p,
                "backend": config.generation.backend, "seed": config.generation.seed}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -122,7 +135,7 @@ def default_generate(config: RunConfig) -> Callable[[pd.DataFrame, str], pd.Data
 
         init_ray(config.ray)
         ds = ray.data.from_pandas(prompts[["prompt_id", "prompt"]])
-        out = generate(ds, model_uri, config.generation, n=1, max_tokens=config.eval.max_tokens,
+        out = generate(ds, model_uri, config.generation, n=1, max_tokens=eval_max_tokens(config),
                        temperature=config.eval.temperature, top_p=config.eval.top_p,
                        storage=config.storage)
         return out.to_pandas()
@@ -207,7 +220,7 @@ def evaluate_run(run_dir: str, overrides: list[str] | None = None, *,
         "prompts": {"n": len(prompts), "source": source},
         "judge": {"backend": config.ranking.backend, "model": config.ranking.model,
                   "orders": "both, averaged"},
-        "generation": {"backend": config.generation.backend, "max_tokens": config.eval.max_tokens,
+        "generation": {"backend": config.generation.backend, "max_tokens": eval_max_tokens(config),
                        "temperature": config.eval.temperature, "top_p": config.eval.top_p},
         "models": {iteration_name(it): _model_summary(responses[it]) for it in models},
         "comparisons": comparisons,
