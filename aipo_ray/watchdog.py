@@ -45,8 +45,13 @@ def call_with_deadline(fn: Callable[[], T], timeout_s: float, max_retries: int,
             return box["value"]  # type: ignore[return-value]
         log.warning("%s: batch of %d prompts exceeded %.1fs (attempt %d of %d)", what,
                     len(prompt_ids), timeout_s, attempt, max_retries + 1)
-    shown = ", ".join(prompt_ids[:_SHOWN_IDS]) + (" ..." if len(prompt_ids) > _SHOWN_IDS else "")
     raise BatchTimeoutError(
         f"{what}: a batch of {len(prompt_ids)} prompts exceeded timeout_s={timeout_s:g} on "
-        f"{max_retries + 1} attempts; prompt ids: {shown}"
+        f"{max_retries + 1} attempts; prompt ids: {few_ids(prompt_ids)}"
     )
+
+
+def few_ids(ids: Sequence[str], limit: int = _SHOWN_IDS) -> str:
+    """The first `limit` ids for an error message, and how many more there are."""
+    ids = list(ids)
+    return ", ".join(ids[:limit]) + (f", ... (+{len(ids) - limit})" if len(ids) > limit else "")

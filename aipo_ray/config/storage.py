@@ -22,6 +22,10 @@ class StorageConfig(StrictModel):
     max_retries: int = Field(default=5, ge=0, le=50, description="retries of one storage call")
     retry_backoff_s: float = Field(default=0.5, gt=0, le=60, description="first backoff, doubles")
     retry_max_wait_s: float = Field(default=30.0, gt=0, description="cap on one backoff")
+    shard_size: int = Field(
+        default=1024, ge=1,
+        description="prompts per Parquet part of a sharded stage; each part is committed whole",
+    )
     local_cache_dir: str = Field(
         default="~/.cache/aipo_ray", description="where committed checkpoints are downloaded"
     )

@@ -90,4 +90,5 @@ class ReferenceConfig(StrictModel):
     num_replicas: int = Field(default=1, ge=1)
     gpus_per_replica: float = Field(default=0.0, ge=0)
     cpus_per_replica: float = Field(default=1.0, gt=0)
-    timeout_s: float = Field(default=3600.0, gt=0)
+    timeout_s: float = Field(default=3600.0, gt=0, description="per batch; then retried")
+    max_retries: int = Field(default=2, ge=0, description="retries of a batch that timed out")

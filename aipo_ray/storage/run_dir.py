@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from aipo_ray.config import StorageConfig
 
-from . import tables
+from . import shards, tables
 from .fs import filesystem, with_retries
 from .schemas import SCHEMAS
 
@@ -102,6 +102,27 @@ class RunDir:
             lambda: tables.read_table(self.fs, directory, SCHEMAS.get(stage), require_success),
             f"read {stage} of {iteration_name(iteration)}", self.storage,
         )
+
+    def stage_prompt_ids(self, iteration: int, stage: str) -> list[str]:
+        """The sorted distinct prompt ids of a finished stage's table (how the next stage cuts
+        its shards), read without the other columns."""
+        directory = self._finished(iteration, stage)
+        return with_retries(lambda: shards.read_prompt_ids(self.fs, directory),
+                            f"read prompt ids of {stage}", self.storage)
+
+    def read_stage_rows(self, iteration: int, stage: str, first: str, last: str) -> pa.Table:
+        """The rows of a finished stage's table with prompt_id in [first, last]: one shard's input."""
+        directory = self._finished(iteration, stage)
+        return with_retries(
+            lambda: shards.read_id_range(self.fs, directory, first, last, SCHEMAS.get(stage)),
+            f"read {stage} rows {first}..{last} of {iteration_name(iteration)}", self.storage)
+
+    def _finished(self, iteration: int, stage: str) -> str:
+        directory = self.stage_path(iteration, stage)
+        if not self.exists(iteration_name(iteration), stage, tables.SUCCESS):
+            raise FileNotFoundError(f"{directory}: no {tables.SUCCESS}; the stage that writes it "
+                                    "has not finished (run or resume it)")
+        return directory
 
     def write_stage_table(self, iteration: int, stage: str, table: pa.Table, part: int = 0) -> str:
         directory = self.stage_path(iteration, stage)
