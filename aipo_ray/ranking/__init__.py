@@ -7,7 +7,7 @@ from .llm_judge import LLMJudge
 from .pairrm import PairRM
 from .pairwise import TournamentResult, full_matrix, scores_from_matrix, tournament
 from .python_fn import CallableRanker, load_function
-from .ray_actor import RankBatch, rank_map_kwargs
+from .ray_actor import RankBatch, rank_pool
 
 __all__ = [
     "CallableRanker",
@@ -23,7 +23,7 @@ __all__ = [
     "build_ranker",
     "full_matrix",
     "load_function",
-    "rank_map_kwargs",
+    "rank_pool",
     "scores_from_matrix",
     "tournament",
 ]

@@ -1,6 +1,6 @@
 """The ranker as a Ray Data callable class: one loaded model per actor, batches of prompts in.
 
-    ds.map_batches(RankBatch, **rank_map_kwargs(cfg, policy_path))
+    ranked = rank_pool(ds, cfg, policy_path)
 
 Input rows: prompt_id, prompt, candidates (a prompt's N responses as one list). Output rows follow
 the rankings contract (aipo_ray.storage.schemas.RANKINGS): prompt_id, scores (list of N floats,
@@ -11,17 +11,20 @@ higher is better), best_idx, worst_idx. A prompt with no candidates gets scores 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from aipo_ray.config import RankingConfig, StorageConfig
+from aipo_ray.actor_pool import PoolSpec, map_pool
+from aipo_ray.config import ModelConfig, RankingConfig, StorageConfig
 from aipo_ray.storage.schemas import RANKINGS
-from aipo_ray.watchdog import call_with_deadline
 
 from .build import build_ranker
 from .python_fn import CallableRanker
+
+if TYPE_CHECKING:
+    import ray.data
 
 INPUT_COLUMNS = ("prompt_id", "prompt", "candidates")
 
@@ -36,9 +39,9 @@ class RankBatch:
         device: str | None = None,
         score_fn: Any = None,
         storage: StorageConfig | dict | None = None,
+        model: ModelConfig | None = None,
     ):
         cfg = ranking if isinstance(ranking, RankingConfig) else RankingConfig.model_validate(ranking)
-        self.timeout_s, self.max_retries = cfg.timeout_s, cfg.max_retries
         # `score_fn` is a user's function object passed from Python (custom DAGs); it wins
         # over the configured backend.
         if score_fn is not None:
@@ -46,15 +49,11 @@ class RankBatch:
             return
         if isinstance(storage, dict):
             storage = StorageConfig.model_validate(storage)
-        self.ranker = build_ranker(cfg, policy_model_path, device=device, storage=storage)
+        self.ranker = build_ranker(cfg, policy_model_path, device=device, storage=storage,
+                                   model=model)
 
     def __call__(self, batch: Any) -> pa.Table:
         columns = _columns(batch)
-        ids = [str(p) for p in columns["prompt_id"]]
-        return call_with_deadline(lambda: self._rank(columns), self.timeout_s, self.max_retries,
-                                  ids, "ranking")
-
-    def _rank(self, columns: dict[str, list]) -> pa.Table:
         prompts, candidates = columns["prompt"], columns["candidates"]
         scores: list[list[float]] = [[] for _ in prompts]
         best = np.full(len(prompts), -1, dtype=np.int32)
@@ -88,22 +87,13 @@ def _columns(batch: Any) -> dict[str, list]:
     return data
 
 
-def rank_map_kwargs(
-    cfg: RankingConfig, policy_model_path: str | None = None, storage: StorageConfig | None = None
-) -> dict[str, Any]:
-    """`map_batches` arguments that give each ranker actor its own declared resources."""
-    import ray
-
-    return dict(
-        fn_constructor_kwargs={"ranking": cfg.model_dump(), "policy_model_path": policy_model_path,
-                               "storage": storage},
-        compute=ray.data.ActorPoolStrategy(size=cfg.num_replicas),
-        batch_size=cfg.batch_size,
-        batch_format="pyarrow",
-        num_cpus=cfg.cpus_per_replica,
-        num_gpus=cfg.gpus_per_replica,
-        # A killed actor is restarted and its batch retried (Ray Data's defaults, made explicit
-        # so a change of default cannot silently drop prompts; tests/reliability/test_actor_loss.py).
-        max_restarts=-1,
-        max_task_retries=-1,
-    )
+def rank_pool(
+    ds: ray.data.Dataset, cfg: RankingConfig, policy_model_path: str | None = None,
+    storage: StorageConfig | None = None, score_fn: Any = None, model: ModelConfig | None = None,
+) -> ray.data.Dataset:
+    """`ds` ranked by `cfg.num_replicas` RankBatch actors with the ranking section's resources,
+    deadline and restart policy (aipo_ray.actor_pool); `score_fn` as in RankBatch; `model` (the
+    run's `model` section) applies when θ_t judges itself (`ranking.model: policy`)."""
+    return map_pool(ds, RankBatch, PoolSpec.of("ranking", cfg), RANKINGS,
+                    ranking=cfg.model_dump(), policy_model_path=policy_model_path,
+                    storage=storage, score_fn=score_fn, model=model)

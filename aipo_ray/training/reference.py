@@ -6,13 +6,24 @@ The actors tokenise and gather log-probs with the trainer's own code (`PairEncod
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import time
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
+from aipo_ray.actor_pool import PoolSpec, collect, map_pool
 from aipo_ray.config import RunConfig
 from aipo_ray.storage.schemas import PAIRS, REF_LOGPS, conform
+
+if TYPE_CHECKING:
+    import ray.data
+
+
+# Fault-injection hook (tests/reliability/test_hangs.py): a batch holding this prompt id hangs,
+# as a stuck kernel would, so the deadline must catch it. Unset in every real run.
+HANG_ENV = "AIPO_TEST_HANG_REFERENCE"
 
 
 class ReferenceScorer:
@@ -39,6 +50,9 @@ class ReferenceScorer:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         from .batching import collate_pairs
 
+        if os.environ.get(HANG_ENV) in {str(p) for p in batch["prompt_id"]}:
+            time.sleep(3600)
+
         pairs = self.encoder.encode_many(batch["prompt"], batch["chosen"], batch["rejected"])
         columns: dict[str, list] = {k: [] for k in REF_LOGPS.names if k != "prompt_id"}
         with self.torch.inference_mode():
@@ -53,26 +67,20 @@ class ReferenceScorer:
         return {"prompt_id": batch["prompt_id"], **{k: np.asarray(v) for k, v in columns.items()}}
 
 
+def reference_pool(config: RunConfig, ds: ray.data.Dataset, model_uri: str) -> ray.data.Dataset:
+    """`ds` (pairs) scored under the model at `model_uri` by `reference.num_replicas` actors, each
+    batch under `reference.timeout_s` / `max_retries` (aipo_ray.actor_pool); lazily."""
+    ref = config.reference
+    return map_pool(ds.select_columns(["prompt_id", "prompt", "chosen", "rejected"]),
+                    ReferenceScorer, PoolSpec.of("reference", ref, batch_format="numpy"),
+                    REF_LOGPS, config=config, model_uri=model_uri,
+                    micro_batch_size=ref.batch_size)
+
+
 def compute_ref_logps(config: RunConfig, pairs: pa.Table, model_uri: str) -> pa.Table:
-    """The `ref_logps` table of `pairs` under the model at `model_uri` (one row per pair)."""
+    """The `ref_logps` table of `pairs` under the model at `model_uri` (one row per pair), on
+    the caller: for small tables (tests, notebooks); the stage writes shards instead."""
     import ray
 
-    from aipo_ray.runtime import init_ray
-
-    init_ray(config.ray)
-    pairs = conform(pairs, PAIRS, "pairs").select(["prompt_id", "prompt", "chosen", "rejected"])
-    ref = config.reference
-    resources = {"num_cpus": ref.cpus_per_replica}
-    if ref.gpus_per_replica:
-        resources["num_gpus"] = ref.gpus_per_replica
-    ds = ray.data.from_arrow(pairs).map_batches(
-        ReferenceScorer,
-        fn_constructor_kwargs={"config": config, "model_uri": model_uri,
-                               "micro_batch_size": ref.batch_size},
-        batch_size=ref.batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=ref.num_replicas),
-        **resources,
-    )
-    blocks = [b for b in ray.get(ds.to_arrow_refs()) if b.num_rows]
-    table = pa.concat_tables(blocks) if blocks else REF_LOGPS.empty_table()
-    return conform(table, REF_LOGPS, "ref_logps").select(REF_LOGPS.names)
+    ds = ray.data.from_arrow(conform(pairs, PAIRS, "pairs"))
+    return collect(reference_pool(config, ds, model_uri), REF_LOGPS)

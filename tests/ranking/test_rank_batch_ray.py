@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 
 from aipo_ray.config import RankingConfig
-from aipo_ray.ranking import RankBatch, rank_map_kwargs
+from aipo_ray.ranking import RankBatch, rank_pool
 from aipo_ray.storage.schemas import RANKINGS
 
 ROWS = [
@@ -43,7 +43,7 @@ def test_rank_batch_on_a_local_ray_cluster(ray_cluster, cfg, pairrm):
     import ray
 
     ds = ray.data.from_items(ROWS).repartition(2)
-    out = ds.map_batches(RankBatch, **rank_map_kwargs(cfg)).take_all()
+    out = rank_pool(ds, cfg).take_all()
     assert sorted(r["prompt_id"] for r in out) == [r["prompt_id"] for r in ROWS]
     by_id = {r["prompt_id"]: r for r in out}
     for row in ROWS:

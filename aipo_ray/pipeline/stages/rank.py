@@ -1,7 +1,8 @@
 """RankStage: score each prompt's N candidates and name the best and the worst.
 
 The generations table has one row per candidate; the ranker wants one row per prompt holding
-all N responses in candidate_idx order, so the stage groups them before the actor pool runs.
+all N responses in candidate_idx order, so the stage groups them, one shard of prompts at a time
+(`storage.shard_size`), before the actor pool runs.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from collections.abc import Callable
 
 import pyarrow as pa
 
+from aipo_ray.pipeline.sharded import ShardJob, run_sharded
 from aipo_ray.pipeline.stage import POLICY, PolicyStage, StageContext, StageResult
-from aipo_ray.ranking import RankBatch, rank_map_kwargs
-from aipo_ray.runtime import init_ray
+from aipo_ray.ranking import rank_pool
 from aipo_ray.storage.schemas import RANKINGS
+from aipo_ray.storage.shards import check_each_once
 
 ScoreFn = Callable[[str, list[str]], "list[float]"]
 
@@ -26,6 +28,7 @@ class RankStage(PolicyStage):
     inputs = ("generations",)
     schema = RANKINGS
     config_keys = ("ranking",)
+    resumable = True  # sharded by prompt like `generations`
 
     def __init__(self, ranker: ScoreFn | None = None):
         self.ranker = ranker
@@ -46,25 +49,27 @@ class RankStage(PolicyStage):
         return None if fn is None else f"{getattr(fn, '__module__', '')}:{getattr(fn, '__qualname__', fn)}"
 
     def run(self, ctx: StageContext) -> StageResult:
-        import ray
+        import ray.data
 
-        grouped = group_candidates(ctx.read("generations"))
-        if grouped.num_rows == 0:
-            ctx.write(self.name, RANKINGS.empty_table())
-            return StageResult(rows_in=0, rows_out=0)
-        init_ray(ctx.config.ray)
-        cfg = ctx.config.ranking
-        kwargs = rank_map_kwargs(cfg, ctx.policy_uri, ctx.config.storage)
-        if self.ranker is not None:
-            kwargs["fn_constructor_kwargs"] = {**kwargs["fn_constructor_kwargs"],
-                                               "score_fn": self.ranker}
-        ds = ray.data.from_arrow(grouped).map_batches(RankBatch, **kwargs)
-        blocks = [b for b in ray.get(ds.to_arrow_refs()) if b.num_rows]
-        table = pa.concat_tables(blocks).sort_by("prompt_id") if blocks else RANKINGS.empty_table()
-        ctx.write(self.name, table.select(RANKINGS.names).cast(RANKINGS))
-        return StageResult(rows_in=grouped.num_rows, rows_out=table.num_rows,
+        cfg, rd, i = ctx.config.ranking, ctx.run_dir, ctx.iteration
+        job = ShardJob(
+            prompt_ids=rd.stage_prompt_ids(i, "generations"),
+            read=lambda ids: group_candidates(rd.read_stage_rows(i, "generations", ids[0], ids[-1])),
+            build=lambda grouped: rank_pool(ray.data.from_arrow(grouped), cfg, ctx.policy_uri,
+                                            ctx.config.storage, score_fn=self.ranker),
+            finish=finish_rankings, schema=RANKINGS,
+        )
+        totals = run_sharded(self.name, ctx, job)
+        return StageResult(rows_in=totals.prompts, rows_out=totals.rows,
                            extra={"backend": "callable" if self.ranker else cfg.backend,
-                                  "mode": cfg.mode})
+                                  "mode": cfg.mode, "shards_redone": len(totals.redone)})
+
+
+def finish_rankings(table: pa.Table, prompt_ids: list[str]) -> tuple[pa.Table, dict]:
+    """One shard's rankings in prompt_id order, each prompt exactly once."""
+    table = table.select(RANKINGS.names).cast(RANKINGS).sort_by("prompt_id")
+    check_each_once(table, prompt_ids, "rankings")
+    return table, {}
 
 
 def group_candidates(generations: pa.Table) -> pa.Table:

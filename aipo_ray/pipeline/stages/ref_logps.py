@@ -7,10 +7,14 @@ tokenisation and log-prob code). Reference-free losses have no such stage: the d
 
 from __future__ import annotations
 
+import pyarrow as pa
+
 from aipo_ray.config import RunConfig
+from aipo_ray.pipeline.sharded import ShardJob, run_sharded
 from aipo_ray.pipeline.stage import MODEL_IO_KEYS, PolicyStage, StageContext, StageResult
 from aipo_ray.storage.schemas import REF_LOGPS
-from aipo_ray.training.reference import compute_ref_logps
+from aipo_ray.storage.shards import check_each_once
+from aipo_ray.training.reference import reference_pool
 from aipo_ray.training.trainer import needs_reference
 
 
@@ -24,6 +28,7 @@ class RefLogpsStage(PolicyStage):
         "training.max_prompt_length", "training.max_response_length",
         "training.mixed_precision", "reference.gpus_per_replica", *MODEL_IO_KEYS,
     )
+    resumable = True  # sharded by prompt (storage.shard_size pairs per part)
 
     @classmethod
     def enabled(cls, config: RunConfig) -> bool:
@@ -35,8 +40,24 @@ class RefLogpsStage(PolicyStage):
         return reference_asks(config)
 
     def run(self, ctx: StageContext) -> StageResult:
-        pairs = ctx.read("pairs")
-        table = compute_ref_logps(ctx.config, pairs, ctx.policy_uri)
-        ctx.write(self.name, table)
-        return StageResult(rows_in=pairs.num_rows, rows_out=table.num_rows,
-                           extra={"reference": ctx.policy_uri})
+        import ray.data
+
+        rd, i = ctx.run_dir, ctx.iteration
+        job = ShardJob(
+            prompt_ids=rd.stage_prompt_ids(i, "pairs"),
+            read=lambda ids: rd.read_stage_rows(i, "pairs", ids[0], ids[-1]),
+            build=lambda pairs: reference_pool(ctx.config, ray.data.from_arrow(pairs),
+                                               ctx.policy_uri),
+            finish=finish_ref_logps, schema=REF_LOGPS,
+        )
+        totals = run_sharded(self.name, ctx, job)
+        return StageResult(rows_in=totals.prompts, rows_out=totals.rows,
+                           extra={"reference": ctx.policy_uri,
+                                  "shards_redone": len(totals.redone)})
+
+
+def finish_ref_logps(table: pa.Table, prompt_ids: list[str]) -> tuple[pa.Table, dict]:
+    """One shard's reference log-probs in prompt_id order, each pair exactly once."""
+    table = table.select(REF_LOGPS.names).cast(REF_LOGPS).sort_by("prompt_id")
+    check_each_once(table, prompt_ids, "ref_logps")
+    return table, {}
