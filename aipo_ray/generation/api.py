@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from aipo_ray.config import GenerationConfig, StorageConfig
+from aipo_ray.config import GenerationConfig, ModelConfig, StorageConfig
 
 from .base import Generator, Sampling
 
@@ -29,7 +29,7 @@ def get_generator(backend: str) -> Generator:
 def generate(
     ds: ray.data.Dataset, model_uri: str, cfg: GenerationConfig, *, n: int | None = None,
     max_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None,
-    storage: StorageConfig | None = None,
+    storage: StorageConfig | None = None, model: ModelConfig | None = None,
 ) -> ray.data.Dataset:
     """Sample `n` responses per prompt with the model at `model_uri`.
 
@@ -41,7 +41,11 @@ def generate(
     (0..n-1), response, num_tokens (up to, not including, the first EOS) and finish_reason
     ('stop' when EOS was produced, else 'length'). Arguments left None come from `cfg`;
     temperature 0 is greedy decoding. `cfg.backend` 'auto' runs vllm when it is installed. `model_uri` is anything `resolve_model_path` accepts.
+
+    `model` (the run's `model` section) says how θ_t is read: its tokenizer, chat template,
+    trust_remote_code and dtype (`generation.dtype` wins over `model.dtype` when set). None
+    reads `model_uri` as it is.
     """
     sampling = Sampling.resolve(cfg, n=n, max_tokens=max_tokens, temperature=temperature,
                                 top_p=top_p)
-    return get_generator(cfg.resolved_backend())(ds, model_uri, cfg, sampling, storage)
+    return get_generator(cfg.resolved_backend())(ds, model_uri, cfg, sampling, storage, model)

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from aipo_ray.config import GenerationConfig, StorageConfig
-from aipo_ray.models import resolve_model_path
+from aipo_ray.config import GenerationConfig, ModelConfig, StorageConfig
+from aipo_ray.models import dtype_name, load_tokenizer, resolve_model_path
 from aipo_ray.storage.schemas import GENERATIONS
 
 from .base import (
@@ -53,22 +53,23 @@ _CPU_KVCACHE_GIB = "2"
 
 def generate_vllm(
     ds: ray.data.Dataset, model_uri: str, cfg: GenerationConfig, sampling: Sampling,
-    storage: StorageConfig | None,
+    storage: StorageConfig | None, model: ModelConfig | None = None,
 ) -> ray.data.Dataset:
     """The `vllm` Generator: `cfg.num_replicas` engines of `cfg.tensor_parallel_size` workers."""
     import ray.data
     from ray.data.llm import build_processor
-    from transformers import AutoTokenizer
 
     prompts = prompt_blocks(ds, cfg.batch_size)
     if not prompts:
         return ray.data.from_arrow(GENERATIONS.empty_table())
     path = resolve_model_path(model_uri, storage)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_tokenizer(model, path, storage)
     requests = [_requests(block, tokenizer, sampling) for block in prompts]
     light = {"num_cpus": _MAP_CPUS}
     processor = build_processor(
-        processor_config(path, cfg, requests_per_batch=cfg.batch_size * sampling.n),
+        # The engines detokenize with the same tokenizer (name_or_path: the directory it came from).
+        processor_config(path, cfg, requests_per_batch=cfg.batch_size * sampling.n, model=model,
+                         tokenizer=tokenizer.name_or_path),
         preprocess=partial(_to_request, sampling=sampling,
                            per_request_seed=cfg.gpus_per_replica > 0),
         postprocess=partial(_to_row, eos_ids=_eos_ids(path, tokenizer),
@@ -78,7 +79,8 @@ def generate_vllm(
     return processor(ray.data.from_arrow(requests))
 
 
-def processor_config(model_path: str, cfg: GenerationConfig, requests_per_batch: int):
+def processor_config(model_path: str, cfg: GenerationConfig, requests_per_batch: int,
+                     model: ModelConfig | None = None, tokenizer: str | None = None):
     """The `vLLMEngineProcessorConfig`: GPU bundles and bf16 on GPUs, CPU bundles and fp32 on CPU."""
     from ray.data.llm import vLLMEngineProcessorConfig
 
@@ -89,7 +91,7 @@ def processor_config(model_path: str, cfg: GenerationConfig, requests_per_batch:
     runtime_env = {"env_vars": env} if env else None
     return vLLMEngineProcessorConfig(
         model_source=model_path,
-        engine_kwargs=engine_kwargs(cfg),
+        engine_kwargs=engine_kwargs(cfg, model, tokenizer),
         # int: an autoscaling pool of 1..num_replicas engines, so a smaller cluster still runs.
         concurrency=cfg.num_replicas,
         batch_size=requests_per_batch,
@@ -102,11 +104,19 @@ def processor_config(model_path: str, cfg: GenerationConfig, requests_per_batch:
     )
 
 
-def engine_kwargs(cfg: GenerationConfig) -> dict[str, Any]:
-    """vLLM engine arguments from config; `cfg.engine_kwargs` wins over everything here."""
+def engine_kwargs(cfg: GenerationConfig, model: ModelConfig | None = None,
+                  tokenizer: str | None = None) -> dict[str, Any]:
+    """vLLM engine arguments from config; `cfg.engine_kwargs` wins over everything here.
+
+    dtype: `generation.dtype`, else `model.dtype`, else bf16 on GPU and fp32 on CPU.
+    """
     on_gpu = cfg.gpus_per_replica > 0
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if on_gpu else "float32")
-    kwargs: dict[str, Any] = {"dtype": dtype, "tensor_parallel_size": cfg.tensor_parallel_size}
+    kwargs: dict[str, Any] = {"dtype": dtype_name(model, on_gpu, cfg.dtype),
+                              "tensor_parallel_size": cfg.tensor_parallel_size}
+    if tokenizer is not None:
+        kwargs["tokenizer"] = tokenizer
+    if model is not None and model.trust_remote_code:
+        kwargs["trust_remote_code"] = True
     if cfg.max_model_len is not None:
         kwargs["max_model_len"] = cfg.max_model_len
     if not on_gpu:

@@ -64,10 +64,12 @@ def tokenizer_path(model_cfg: ModelConfig | None, model_dir: str | None,
     """Where θ_t's tokenizer loads from: `model.tokenizer` when it names something other than
     `model.path` (resolved, so builtin:, s3:// and run-dir URIs work), else `model_dir`.
 
-    `model.tokenizer == model.path` means "θ_t's own": a committed θ_t carries a copy of it.
+    `model.tokenizer == model.path` means "θ_t's own" (a committed θ_t carries a copy of it)
+    unless no `model_dir` is given. Callers that need only the tokenizer pass None for
+    `model_dir` when `model.tokenizer` is set, so θ_t's weights are not fetched for it.
     """
     source = model_cfg.tokenizer if model_cfg is not None else None
-    if source and source != model_cfg.path:
+    if source and (source != model_cfg.path or model_dir is None):
         return resolve_model_path(source, storage)
     if model_dir is None:
         raise ValueError("no tokenizer to load: model.tokenizer is unset and no model dir was given")

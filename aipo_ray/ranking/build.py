@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from aipo_ray.config import RankingConfig, StorageConfig
+from aipo_ray.config import ModelConfig, RankingConfig, StorageConfig
 
 from .base import PairwiseRanker, Ranker
 from .python_fn import CallableRanker
@@ -46,9 +46,14 @@ def judge_model_path(
 
 def build_ranker(
     cfg: RankingConfig, policy_model_path: str | None = None, device: str | None = None,
-    storage: StorageConfig | None = None,
+    storage: StorageConfig | None = None, model: ModelConfig | None = None,
 ) -> Ranker:
-    """The `pairrm`, `llm_judge` or `callable` backend, loaded on `device` (default: see pick_device)."""
+    """The `pairrm`, `llm_judge` or `callable` backend, loaded on `device` (default: see pick_device).
+
+    `model` is the run's `model` section: when θ_t judges itself (`ranking.model: policy`) it is
+    read as every other stage reads it (tokenizer, chat template, trust_remote_code, and
+    `model.dtype` unless `ranking.dtype` is set). Another judge model is read as it is.
+    """
     device = device or pick_device(cfg)
     if cfg.backend == "pairrm":
         from .pairrm import PairRM
@@ -59,11 +64,15 @@ def build_ranker(
         )
         return PairwiseRanker(rm.compare_pairs, cfg.mode)
     if cfg.backend == "llm_judge":
+        from aipo_ray.models import resolve_dtype
+
         from .llm_judge import LLMJudge
 
+        policy = model if cfg.model == POLICY else None
         judge = LLMJudge.from_pretrained(
             judge_model_path(cfg, policy_model_path, storage), device=device,
-            dtype=_dtype(cfg, device, torch.bfloat16), batch_size=cfg.pair_batch_size,
+            dtype=resolve_dtype(policy, device.startswith("cuda"), cfg.dtype),
+            model=policy, storage=storage, batch_size=cfg.pair_batch_size,
             max_prompt_tokens=cfg.judge_max_prompt_tokens,
             max_response_tokens=cfg.judge_max_response_tokens,
         )

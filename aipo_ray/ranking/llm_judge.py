@@ -46,12 +46,15 @@ class LLMJudge:
         self.pad_id = pad if pad is not None else tokenizer.eos_token_id
 
     @classmethod
-    def from_pretrained(cls, path: str, device: str = "cpu", dtype: torch.dtype | None = None, **kwargs):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def from_pretrained(cls, path: str, device: str = "cpu", dtype: torch.dtype | None = None,
+                        model=None, storage=None, **kwargs):
+        """The judge in `path`; `model` (a ModelConfig) when the judge is θ_t, read as the run's
+        `model` section says (see aipo_ray.models.loading)."""
+        from aipo_ray.models import load_causal_lm, load_tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32).to(device)
-        return cls(model, tokenizer, **kwargs)
+        tokenizer = load_tokenizer(model, path, storage)
+        lm = load_causal_lm(model, path, dtype or torch.float32).to(device)
+        return cls(lm, tokenizer, **kwargs)
 
     @property
     def device(self) -> torch.device:

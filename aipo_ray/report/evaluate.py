@@ -137,7 +137,7 @@ def default_generate(config: RunConfig) -> Callable[[pd.DataFrame, str], pd.Data
         ds = ray.data.from_pandas(prompts[["prompt_id", "prompt"]])
         out = generate(ds, model_uri, config.generation, n=1, max_tokens=eval_max_tokens(config),
                        temperature=config.eval.temperature, top_p=config.eval.top_p,
-                       storage=config.storage)
+                       storage=config.storage, model=config.model)
         return out.to_pandas()
 
     return run
@@ -190,7 +190,8 @@ def default_ranker(config: RunConfig, rd: RunDir):
     from aipo_ray.models import resolve_model_path
     from aipo_ray.ranking import build_ranker
 
-    return build_ranker(config.ranking, resolve_model_path(rd.model_uri(0), config.storage))
+    return build_ranker(config.ranking, resolve_model_path(rd.model_uri(0), config.storage),
+                        storage=config.storage, model=config.model)
 
 
 def evaluate_run(run_dir: str, overrides: list[str] | None = None, *,

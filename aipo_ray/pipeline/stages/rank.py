@@ -12,7 +12,13 @@ from collections.abc import Callable
 import pyarrow as pa
 
 from aipo_ray.pipeline.sharded import ShardJob, run_sharded
-from aipo_ray.pipeline.stage import POLICY, PolicyStage, StageContext, StageResult
+from aipo_ray.pipeline.stage import (
+    MODEL_IO_KEYS,
+    POLICY,
+    PolicyStage,
+    StageContext,
+    StageResult,
+)
 from aipo_ray.ranking import rank_pool
 from aipo_ray.storage.schemas import RANKINGS
 from aipo_ray.storage.shards import check_each_once
@@ -27,7 +33,9 @@ class RankStage(PolicyStage):
     name = "rankings"
     inputs = ("generations",)
     schema = RANKINGS
-    config_keys = ("ranking",)
+    # How θ_t is read matters when it judges itself; otherwise the generations it ranks changed
+    # with those keys anyway.
+    config_keys = ("ranking", *MODEL_IO_KEYS)
     resumable = True  # sharded by prompt like `generations`
 
     def __init__(self, ranker: ScoreFn | None = None):
@@ -56,7 +64,8 @@ class RankStage(PolicyStage):
             prompt_ids=rd.stage_prompt_ids(i, "generations"),
             read=lambda ids: group_candidates(rd.read_stage_rows(i, "generations", ids[0], ids[-1])),
             build=lambda grouped: rank_pool(ray.data.from_arrow(grouped), cfg, ctx.policy_uri,
-                                            ctx.config.storage, score_fn=self.ranker),
+                                            ctx.config.storage, score_fn=self.ranker,
+                                            model=ctx.config.model),
             finish=finish_rankings, schema=RANKINGS,
         )
         totals = run_sharded(self.name, ctx, job)
