@@ -186,15 +186,26 @@ def self_instruct(
     storage: StorageConfig | None = None,
 ) -> pa.Table:
     """Ask θ_t (`model_uri`) for new instructions; returns the parsed, unfiltered SELF_INSTRUCT rows."""
+    from aipo_ray.actor_pool import collect
+    from aipo_ray.storage.schemas import GENERATIONS
+
+    requests = build_requests(seeds, generated, cfg, seed=seed, iteration=iteration)
+    out = answer_requests(requests, model_uri, cfg, generation, storage=storage)
+    return parse_responses(collect(out, GENERATIONS), iteration)
+
+
+def answer_requests(
+    requests: pa.Table, model_uri: str, cfg: SelfInstructConfig, generation: GenerationConfig,
+    *, storage: StorageConfig | None = None,
+):
+    """θ_t's answers to `requests` (build_requests), one per request, as a lazy Ray Data Dataset
+    in the `generations` columns; `parse_responses` turns them into SELF_INSTRUCT rows."""
     import ray
 
     from aipo_ray.generation import generate
 
     # Request ids carry the iteration, and generation seeds each candidate by (seed, prompt_id),
     # so every iteration samples afresh while a rerun of the same iteration replays exactly.
-    requests = build_requests(seeds, generated, cfg, seed=seed, iteration=iteration)
-    out = generate(ray.data.from_arrow(requests), model_uri, generation, n=1,
-                   max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                   storage=storage)
-    table = pa.Table.from_pylist(out.take_all())
-    return parse_responses(table, iteration)
+    return generate(ray.data.from_arrow(requests), model_uri, generation, n=1,
+                    max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                    storage=storage)

@@ -14,9 +14,10 @@ from .base import (
     Sampling,
     candidate_seed,
     check_candidates,
+    progress_deadline,
 )
 
 __all__ = [
     "BACKENDS", "LENGTH", "OUTPUT_COLUMNS", "STOP", "GenerationError", "Generator", "Sampling",
-    "candidate_seed", "check_candidates", "generate", "get_generator",
+    "candidate_seed", "check_candidates", "generate", "get_generator", "progress_deadline",
 ]

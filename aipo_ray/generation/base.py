@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from aipo_ray.actor_pool import Stall
 from aipo_ray.config import GenerationConfig, StorageConfig
+from aipo_ray.watchdog import few_ids
 
 if TYPE_CHECKING:
     import ray.data
@@ -134,11 +136,11 @@ def check_candidates(table: pa.Table, prompt_ids: Iterable[str], n: int) -> None
     missing, unknown = sorted(expected - seen), sorted(seen - expected)
     problems = []
     if bad:
-        problems.append(f"{len(bad)} prompts without exactly candidates 0..{n - 1}: {_few(bad)}")
+        problems.append(f"{len(bad)} prompts without exactly candidates 0..{n - 1}: {few_ids(bad)}")
     if missing:
-        problems.append(f"{len(missing)} prompts with no candidates: {_few(missing)}")
+        problems.append(f"{len(missing)} prompts with no candidates: {few_ids(missing)}")
     if unknown:
-        problems.append(f"{len(unknown)} prompt ids that were not asked for: {_few(unknown)}")
+        problems.append(f"{len(unknown)} prompt ids that were not asked for: {few_ids(unknown)}")
     if problems:
         raise GenerationError("generations: " + "; ".join(problems)
                               + " (a replica dropped or duplicated rows; rerun the stage)")
@@ -162,8 +164,13 @@ def prompt_blocks(ds: ray.data.Dataset, rows_per_block: int) -> list[pa.Table]:
     return [table.slice(i, rows_per_block) for i in range(0, table.num_rows, rows_per_block)]
 
 
-def _few(ids: list[str], limit: int = 10) -> str:
-    return ", ".join(ids[:limit]) + (f", ... (+{len(ids) - limit})" if len(ids) > limit else "")
+def progress_deadline(cfg: GenerationConfig) -> Stall | None:
+    """How a stage watches the backend's output: the vllm backend (ray.data.llm takes no
+    per-batch timeout) by progress, `timeout_s` between outputs plus `startup_timeout_s` before
+    the first; None for hf, whose actors run each batch under the pool's own deadline."""
+    if cfg.resolved_backend() != "vllm":
+        return None
+    return Stall(timeout_s=cfg.timeout_s, startup_s=cfg.startup_timeout_s, what="generation")
 
 
 @runtime_checkable

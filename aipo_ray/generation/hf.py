@@ -13,10 +13,10 @@ import pyarrow as pa
 import torch
 from transformers import LogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
 
+from aipo_ray.actor_pool import PoolSpec, map_pool
 from aipo_ray.config import GenerationConfig, StorageConfig
 from aipo_ray.models import resolve_model_path
 from aipo_ray.storage.schemas import GENERATIONS
-from aipo_ray.watchdog import call_with_deadline
 
 from .base import (
     Sampling,
@@ -69,7 +69,7 @@ class HFGenerator:
     """Ray Data callable class: a batch of prompts in, `sampling.n` rows per prompt out."""
 
     def __init__(self, model_uri: str, sampling: Sampling, storage: StorageConfig | None = None,
-                 dtype: str = "auto", timeout_s: float = 3600.0, max_retries: int = 2):
+                 dtype: str = "auto"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         # Resolved here, in the actor, so each node fetches (and caches) its own copy.
@@ -83,15 +83,10 @@ class HFGenerator:
         ).to(self.device).eval()
         self.eos_ids = eos_token_ids(self.tokenizer, self.model.generation_config)
         self.sampling = sampling
-        self.timeout_s, self.max_retries = timeout_s, max_retries
 
     def __call__(self, batch: dict[str, Any]) -> pa.Table:
         prompt_ids = [str(p) for p in batch["prompt_id"]]
         prompts = [str(p) for p in batch["prompt"]]
-        return call_with_deadline(lambda: self._generate(prompt_ids, prompts), self.timeout_s,
-                                  self.max_retries, prompt_ids, "generation")
-
-    def _generate(self, prompt_ids: list[str], prompts: list[str]) -> pa.Table:
         n = self.sampling.n
         enc = self.tokenizer(chat_texts(self.tokenizer, prompts), padding=True,
                              add_special_tokens=False, return_tensors="pt")
@@ -147,13 +142,7 @@ def generate_hf(
     blocks = prompt_blocks(ds, cfg.batch_size)
     if not blocks:
         return ray.data.from_arrow(GENERATIONS.empty_table())
-    # A dead actor is restarted and its batch retried (Ray Data's defaults, made explicit).
-    return ray.data.from_arrow(blocks).map_batches(
-        HFGenerator,
-        fn_constructor_kwargs=dict(model_uri=model_uri, sampling=sampling, storage=storage,
-                                   dtype=cfg.dtype, timeout_s=cfg.timeout_s,
-                                   max_retries=cfg.max_retries),
-        compute=ray.data.ActorPoolStrategy(size=min(cfg.num_replicas, len(blocks))),
-        num_cpus=cfg.cpus_per_replica, num_gpus=cfg.gpus_per_replica,
-        batch_size=cfg.batch_size, batch_format="numpy", max_restarts=-1, max_task_retries=-1,
-    )
+    spec = PoolSpec.of("generation", cfg, size=min(cfg.num_replicas, len(blocks)),
+                       batch_format="numpy")
+    return map_pool(ray.data.from_arrow(blocks), HFGenerator, spec, GENERATIONS,
+                    model_uri=model_uri, sampling=sampling, storage=storage, dtype=cfg.dtype)

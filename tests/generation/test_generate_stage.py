@@ -6,7 +6,6 @@ import pyarrow.parquet as pq
 from aipo_ray.config import RunConfig
 from aipo_ray.models import POINTER
 from aipo_ray.pipeline import StageContext, run_stage
-from aipo_ray.pipeline.stages import generate as generate_stage
 from aipo_ray.pipeline.stages.generate import GenerateStage
 from aipo_ray.storage import RunDir, make_prompt_id, write_success
 from aipo_ray.storage.schemas import GENERATIONS, PROMPTS
@@ -14,10 +13,11 @@ from aipo_ray.storage.schemas import GENERATIONS, PROMPTS
 PROMPTS_TEXT = ["Name a color.", "Explain tides in one line.", "hi"]
 
 
-def make_run(tmp_path, model_path, **generation):
+def make_run(tmp_path, model_path, shard_size=1024, **generation):
     root = str(tmp_path / "run")
     config = RunConfig.model_validate({
         "name": "gen", "run_dir": root, "model": {"path": model_path},
+        "storage": {"shard_size": shard_size},
         "generation": {"backend": "hf", "num_candidates": 2, "max_tokens": 4, "batch_size": 2,
                        "temperature": 1.0, **generation},
     })
@@ -32,10 +32,9 @@ def make_run(tmp_path, model_path, **generation):
 
 
 def test_generate_stage_writes_sorted_parts_and_counts_flags(tmp_path, ray_cluster,
-                                                             tiny_llama_path, monkeypatch):
-    # Two prompts per part: three prompts make two part files, none splitting a prompt.
-    monkeypatch.setattr(generate_stage, "PROMPTS_PER_PART", 2)
-    ctx = make_run(tmp_path, tiny_llama_path)
+                                                             tiny_llama_path):
+    # Two prompts per shard: three prompts make two part files, none splitting a prompt.
+    ctx = make_run(tmp_path, tiny_llama_path, shard_size=2)
     record = run_stage(GenerateStage(), ctx)
 
     table = ctx.read("generations")

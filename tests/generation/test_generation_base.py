@@ -79,4 +79,4 @@ def test_flag_counts_count_empty_and_truncated_responses():
     table = pa.table({"response": ["ok", "  \n", "", "cut off"],
                       "finish_reason": ["stop", "stop", "length", "length"],
                       "num_tokens": pa.array([1, 0, 0, 4], pa.int32())})
-    assert flag_counts(table) == {"empty": 2, "truncated": 2, "mean_num_tokens": 1.25}
+    assert flag_counts(table) == {"empty": 2, "truncated": 2, "num_tokens": 5}

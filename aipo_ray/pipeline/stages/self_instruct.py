@@ -10,10 +10,21 @@ the raw response, finish_reason and `truncated`. Bad rows of the seed sources go
 from __future__ import annotations
 
 import logging
+from functools import partial
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from aipo_ray.config import RunConfig
 from aipo_ray.data.pool import load_pool
-from aipo_ray.data.self_instruct import num_requests, self_instruct
+from aipo_ray.data.self_instruct import (
+    answer_requests,
+    build_requests,
+    num_requests,
+    parse_responses,
+)
+from aipo_ray.generation import check_candidates, progress_deadline
+from aipo_ray.pipeline.sharded import ShardJob, run_sharded
 from aipo_ray.pipeline.stage import (
     MODEL_IO_KEYS,
     PolicyStage,
@@ -21,7 +32,7 @@ from aipo_ray.pipeline.stage import (
     StageError,
     StageResult,
 )
-from aipo_ray.storage import conform, rejected_rows
+from aipo_ray.storage import rejected_rows
 from aipo_ray.storage.schemas import SELF_INSTRUCT
 
 log = logging.getLogger(__name__)
@@ -44,6 +55,7 @@ class SelfInstructStage(PolicyStage):
     # The pool grows with every earlier iteration's prompts.
     history_inputs = ("prompts",)
     config_keys = ("prompts", "seed", *_SELF_INSTRUCT_KEYS, *_ENGINE_KEYS, *MODEL_IO_KEYS)
+    resumable = True  # sharded by request id (storage.shard_size requests per part)
 
     @classmethod
     def enabled(cls, config: RunConfig) -> bool:
@@ -65,14 +77,30 @@ class SelfInstructStage(PolicyStage):
                 f"iteration {ctx.iteration} stage 'self_instruct': the prompt pool is empty; every "
                 f"row of prompts.sources was rejected (see {ctx.stage_path(self.name)}/_rejected/)"
             )
-        table = self_instruct(seeds, generated, ctx.policy_uri, cfg.self_instruct, cfg.generation,
-                              seed=cfg.seed, iteration=ctx.iteration, storage=cfg.storage)
-        ctx.write(self.name, conform(table, SELF_INSTRUCT, self.name))
-        parsed = sum(1 for t in table.column("prompt").to_pylist() if t)
+        requests = build_requests(seeds, generated, cfg.self_instruct, seed=cfg.seed,
+                                  iteration=ctx.iteration)
+        job = ShardJob(
+            prompt_ids=requests["prompt_id"].to_pylist(),
+            read=lambda ids: requests.filter(pc.is_in(requests["prompt_id"], pa.array(ids))),
+            build=lambda shard: answer_requests(shard, ctx.policy_uri, cfg.self_instruct,
+                                                cfg.generation, storage=cfg.storage),
+            finish=partial(finish_self_instruct, iteration=ctx.iteration), schema=SELF_INSTRUCT,
+            stall=progress_deadline(cfg.generation),
+        )
+        totals = run_sharded(self.name, ctx, job)
+        parsed = int(totals.counts.get("parsed", 0))
         log.info("self-instruct: %d requests, %d parsed, pool %d seeds + %d generated",
-                 table.num_rows, parsed, len(seeds), len(generated))
+                 totals.rows, parsed, len(seeds), len(generated))
         return StageResult(
-            rows_in=pool.seeds.rows_in, rows_out=table.num_rows, rejected=pool.seeds.rejected_counts,
+            rows_in=pool.seeds.rows_in, rows_out=totals.rows, rejected=pool.seeds.rejected_counts,
             extra={"requests": num_requests(cfg.self_instruct), "parsed": parsed,
                    "pool_seeds": len(seeds), "pool_generated": len(generated)},
         )
+
+
+def finish_self_instruct(answers: pa.Table, request_ids: list[str], iteration: int
+                         ) -> tuple[pa.Table, dict[str, int]]:
+    """One shard's answers (one per request, checked) parsed into SELF_INSTRUCT rows."""
+    check_candidates(answers, request_ids, 1)
+    table = parse_responses(answers, iteration)
+    return table, {"parsed": sum(1 for t in table.column("prompt").to_pylist() if t)}
