@@ -92,6 +92,22 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from aipo_ray.report.compare import compare_runs
+
+    # Run directories and key=value overrides share the positional list (a path has no '=').
+    run_dirs = [a for a in args.run_dirs if "=" not in a]
+    overrides = [*(a for a in args.run_dirs if "=" in a), *args.overrides]
+    try:
+        result = compare_runs(run_dirs, output=args.output, evaluate=not args.no_eval,
+                              overrides=overrides)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"aipo compare: {e}", file=sys.stderr)
+        return 2
+    print(f"comparison written: {result['output']}/index.html")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from aipo_ray.serve import serve_checkpoint
 
@@ -147,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_dir")
     overrides(sp)
     sp.set_defaults(fn=cmd_eval)
+
+    sp = sub.add_parser("compare", help="variants side by side: lengths, s_ref, win rates vs "
+                        "θ_0, training curves (HTML, PNG, compare.json)")
+    sp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR [key.sub=value]",
+                    help="run directories, then overrides for the win rates (eval.*, ranking.*)")
+    sp.add_argument("--output", help="where to write (default: the sweep root's compare/)")
+    sp.add_argument("--no-eval", action="store_true", help="data only: no generation, no judge")
+    sp.set_defaults(fn=cmd_compare, overrides=[])
 
     sp = sub.add_parser("serve", help="OpenAI-compatible chat completions + /rank for a checkpoint")
     sp.add_argument("checkpoint", help="committed checkpoint URI or model dir")

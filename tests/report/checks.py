@@ -47,3 +47,27 @@ def assert_stats_match_parquet(run: Path, it: int) -> dict:
     sims = [ngram_overlap(c, r) for c, r in zip(pairs.chosen, pairs.rejected, strict=True)]
     assert stats["similarity"]["mean"] == pytest.approx(np.mean(sims))
     return stats
+
+
+def assert_compare_row_matches_parquet(row: dict, run: Path) -> None:
+    """A `compare.json` row of `run` equals the means pandas computes from its Parquet tables:
+    all candidates' tokens, and chosen/rejected tokens over the pairs the trainer used."""
+    base = Path(run) / f"iter_{row['iteration']:03d}"
+    gens, pairs = read_parts(base / "generations"), read_parts(base / "pairs")
+    tokens = dict(zip(zip(gens.prompt_id, gens.response, strict=True), gens.num_tokens, strict=True))
+    chosen = np.array([tokens[k] for k in zip(pairs.prompt_id, pairs.chosen, strict=True)])
+    rejected = np.array([tokens[k] for k in zip(pairs.prompt_id, pairs.rejected, strict=True)])
+    assert row["pairs"] == len(pairs)
+    assert row["mean_response_tokens"] == pytest.approx(gens["num_tokens"].mean())
+    assert row["mean_chosen_tokens"] == pytest.approx(chosen.mean())
+    assert row["mean_rejected_tokens"] == pytest.approx(rejected.mean())
+    assert row["mean_chosen_minus_rejected_tokens"] == pytest.approx((chosen - rejected).mean())
+    if (base / "ref_logps").exists():
+        ref = read_parts(base / "ref_logps").set_index("prompt_id").loc[pairs.prompt_id]
+        assert row["sref_agreement"] == pytest.approx(
+            np.mean(ref.ref_chosen_logp > ref.ref_rejected_logp))
+        assert row["ref_rejected_logp"] == pytest.approx(ref.ref_rejected_logp.mean())
+        assert row["ref_chosen_logp_per_token"] == pytest.approx(
+            (ref.ref_chosen_logp / ref.chosen_len).mean())
+    sims = [ngram_overlap(c, r) for c, r in zip(pairs.chosen, pairs.rejected, strict=True)]
+    assert row["chosen_rejected_similarity"] == pytest.approx(np.mean(sims))

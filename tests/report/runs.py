@@ -95,8 +95,9 @@ class MetricsStage(Stage):
 
 
 def build_run(root: str, iterations: int = 2, storage=None, stats: bool = True,
-              train: bool = True) -> RunDir:
-    """A run directory with `iterations` finished iterations of hand-made tables."""
+              train: bool = True, seed: int = 0) -> RunDir:
+    """A run directory with `iterations` finished iterations of hand-made tables (`seed` varies
+    them, as between the variants of a sweep)."""
     config = RunConfig.model_validate({"name": "hand-made", "run_dir": root,
                                        "model": {"path": "builtin:smollm2-135m-instruct"},
                                        **({"storage": storage.model_dump()} if storage else {})})
@@ -104,7 +105,7 @@ def build_run(root: str, iterations: int = 2, storage=None, stats: bool = True,
     rd.write_json("run.json", {"config": config.to_public_dict(), "started_at":
                                "2026-01-01T00:00:00+00:00"})
     for it in range(1, iterations + 1):
-        tables = iteration_tables(it)
+        tables = iteration_tables(it, seed=seed)
         bad = [{"prompt_id": "x", "reason": "too_short", "prompt": "hi"},
                {"prompt_id": "y", "reason": "blocked_keyword", "prompt": "draw a graph"}]
         chain = [TableStage("prompts", tables["prompts"], rejected=bad),

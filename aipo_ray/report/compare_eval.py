@@ -1,0 +1,96 @@
+"""Win rates of every variant's models against the common θ_0, for `aipo compare` (paper Fig. 2
+left, Fig. 3): one judge, one set of held-out prompts and one sampling setup for all variants.
+
+- Settings: the first run's config with the command line's overrides (`eval.*`, `ranking.*`,
+  ...). Variants that differ in their ranker (rankers_length.yaml) are thus judged by one judge;
+  pick it with `ranking.*` overrides.
+- Prompts: `eval.prompts` when set; else the seed prompts that no iteration of any variant
+  trained on, so every model answers the same prompts.
+- Responses come from `aipo eval`'s cache in each run (`<run>/eval/responses/iter_NNN/`): a
+  model that already answered these prompts with these settings is not asked again, and what is
+  generated here is cached there for `aipo eval`. That cache is per run directory, so θ_0, which
+  the variants share, is generated (or read) once, in the first run that has it, and its answers
+  serve every variant with the same base (equal `models/iter_000` pointer).
+- Judgements are not cached: the judge sees each (θ_t, θ_0) pair in both orders on every call.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from aipo_ray.config import RunConfig
+from aipo_ray.storage import RunDir, iteration_name
+
+from .evaluate import (
+    _compare_pair,
+    _model_summary,
+    committed_models,
+    default_generate,
+    default_ranker,
+    eval_max_tokens,
+    heldout_prompts,
+    model_identity,
+    model_responses,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Variant:
+    """One compared run: its name (the run directory's last component) and where it is."""
+
+    name: str
+    rd: RunDir
+
+
+def vs_base_win_rates(variants: list[Variant], config: RunConfig, *, ranker=None,
+                      generate_fn=None) -> dict[str, Any]:
+    """Every committed θ_t (t ≥ 1) of every variant judged against θ_0 on common prompts.
+
+    Returns the settings used and, per variant, its comparisons (as in `eval.json`) and the mean
+    answer length of each of its models on the held-out prompts.
+    """
+    first = variants[0].rd
+    prompts, source = heldout_prompts(config, first, [v.rd for v in variants[1:]])
+    generate_fn = generate_fn or default_generate(config)
+    bases: dict[str | None, tuple[str, pd.DataFrame]] = {}
+    out: dict[str, Any] = {}
+    judge = None
+    for v in variants:
+        models = committed_models(v.rd)
+        if 0 not in models or len(models) < 2:
+            log.warning("compare: %s has no committed model to judge yet; left out", v.name)
+            out[v.name] = {"comparisons": [], "models": {}}
+            continue
+        identity = model_identity(v.rd, 0)
+        if identity not in bases:  # θ_0 answers once per distinct base model
+            bases[identity] = (v.rd.uri, model_responses(config, v.rd, 0, prompts, generate_fn))
+        responses = {0: bases[identity][1].set_index("prompt_id")}
+        for it in models[1:]:
+            responses[it] = model_responses(config, v.rd, it, prompts,
+                                            generate_fn).set_index("prompt_id")
+        judge = judge or ranker or default_ranker(config, first)
+        out[v.name] = {
+            "comparisons": [_compare_pair(config, judge, prompts, responses, it, 0, "vs_base")
+                            for it in models[1:]],
+            "models": {iteration_name(it): _model_summary(frame.reset_index())
+                       for it, frame in responses.items()},
+            "base_responses_from": bases[identity][0],
+        }
+    return {"settings": settings(config, len(prompts), source), "variants": out}
+
+
+def settings(config: RunConfig, n_prompts: int, source: str) -> dict[str, Any]:
+    """What every win rate of the comparison shares: prompts, judge, sampling."""
+    return {
+        "prompts": {"n": n_prompts, "source": source},
+        "judge": {"backend": config.ranking.backend, "model": config.ranking.model,
+                  "callable": config.ranking.callable, "orders": "both, averaged"},
+        "generation": {"backend": config.generation.backend, "max_tokens": eval_max_tokens(config),
+                       "temperature": config.eval.temperature, "top_p": config.eval.top_p},
+    }
