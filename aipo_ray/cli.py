@@ -20,7 +20,29 @@ def _setup_logging(verbose: bool) -> None:
 
 def cmd_validate(args) -> int:
     config = load_config(args.config, args.overrides)
+    if args.address:
+        return _check_resources_on(args.address, config)
     print(config.to_json())
+    return 0
+
+
+def _check_resources_on(address: str, config) -> int:
+    """`validate --address`: every resource ask of the run against that running cluster's nodes;
+    2 when one can never be met (the run would wait forever)."""
+    import ray
+
+    from aipo_ray.resources import InfeasibleResourceError, asks_for_config, check_cluster
+
+    ray.init(address=address, log_to_driver=False)
+    try:
+        checks = check_cluster(asks_for_config(config))
+    except InfeasibleResourceError as e:
+        print("\n".join(check.describe() for check in e.checks))
+        print(f"aipo validate: {e}", file=sys.stderr)
+        return 2
+    finally:
+        ray.shutdown()
+    print("\n".join(check.describe() for check in checks))
     return 0
 
 
@@ -151,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("validate", help="print the resolved config, or every error in it")
     sp.add_argument("config")
+    sp.add_argument("--address", help="check the run's resource asks against this running Ray "
+                    "cluster instead (exit 2 when one can never be met)")
     overrides(sp)
     sp.set_defaults(fn=cmd_validate)
 
