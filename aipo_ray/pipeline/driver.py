@@ -19,6 +19,7 @@ from aipo_ray import __version__
 from aipo_ray.config import RunConfig, load_config
 from aipo_ray.console import console, log_to_run_dir
 from aipo_ray.models import POINTER
+from aipo_ray.resources import check_cluster, stage_asks
 from aipo_ray.runtime import init_ray
 from aipo_ray.storage import RUN_JSON, RunDir
 
@@ -103,9 +104,8 @@ def run(
     total = iterations or config.iterations
     factory = _as_factory(stages)
     init_ray(config.ray)
-    from aipo_ray.resources import check_cluster, stage_asks
-
-    # An ask no node can meet would make Ray wait forever: fail now, before any stage runs.
+    # An ask no node can meet would make Ray wait forever: fail now, before any stage runs (the
+    # runner checks each stage again before it starts: clusters change).
     check_cluster(stage_asks(factory(config, 1), config))
     rd = prepare_run_dir(config)
     _announce_logs(rd)
