@@ -159,9 +159,11 @@ _DONE = object()
 
 
 def _watched_refs(ds: ray.data.Dataset, stall: Stall, prompt_ids: Sequence[str]) -> list:
-    # Ray 2.60 offers no public way to stop an execution from outside its iterator; the executor
-    # handle is what Dataset itself uses to shut it down on garbage collection.
-    bundles, _, executor = ds._execute_to_iterator()
+    # Ray 2.60 offers no public way to stop an execution from outside its iterator, and its
+    # public iterators block until the first output; so the executor is built here (as Dataset
+    # does internally) and its handle kept to shut it down.
+    executor = ds._create_executor()
+    bundles = ds._build_bundle_iterator(executor)
     arrivals: queue.Queue = queue.Queue()
 
     def consume() -> None:
@@ -180,8 +182,7 @@ def _watched_refs(ds: ray.data.Dataset, stall: Stall, prompt_ids: Sequence[str])
         try:
             item = arrivals.get(timeout=allowance)
         except queue.Empty:
-            if executor is not None:
-                executor.shutdown(force=True, exception=StalledError(stall.what))
+            executor.shutdown(force=True, exception=StalledError(stall.what))
             raise StalledError(_stall_message(stall, refs, prompt_ids,
                                               time.monotonic() - started)) from None
         if item is _DONE:

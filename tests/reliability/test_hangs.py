@@ -82,3 +82,38 @@ def test_call_with_deadline_passes_errors_and_values_through():
                                                 r"prompt ids: a, b"):
         call_with_deadline(slow, 0.1, 2, ["a", "b"], "ranking")
     assert len(calls) == 3
+
+
+def test_a_reference_batch_that_hangs_fails_ref_logps_within_its_timeout(
+    tmp_path, ray_cluster, tiny_llama_path, monkeypatch
+):
+    """reference.timeout_s is honoured: the scorer's test hook hangs the batch of one pair."""
+    import pyarrow as pa
+
+    from aipo_ray.models import POINTER
+    from aipo_ray.pipeline.stages.ref_logps import RefLogpsStage
+    from aipo_ray.storage.schemas import PAIRS
+    from aipo_ray.training.reference import HANG_ENV
+
+    root = tmp_path / "run"
+    config = load_config(None, [f"model.path={tiny_llama_path}", f"run_dir={root}",
+                                "reference.batch_size=1", "reference.timeout_s=3",
+                                "reference.max_retries=0"])
+    ctx = StageContext(config=config, run_dir=RunDir(str(root)), iteration=1)
+    ctx.run_dir.write_json(f"models/iter_000/{POINTER}", {"path": tiny_llama_path})
+    ids = [make_prompt_id(p) for p in ("fine?", "hang?")]
+    ctx.write("pairs", pa.table({"prompt_id": ids, "prompt": ["fine?", "hang?"],
+                                 "chosen": ["yes", "no"], "rejected": ["n", "y"],
+                                 "chosen_score": [1.0, 1.0], "rejected_score": [0.0, 0.0]},
+                                schema=PAIRS))
+    write_success(ctx.run_dir.fs, ctx.stage_path("pairs"), {"fingerprint": "p"})
+    monkeypatch.setenv(HANG_ENV, ids[1])
+
+    started = time.monotonic()
+    with pytest.raises(Exception) as info:
+        run_stage(RefLogpsStage(), ctx)
+    assert time.monotonic() - started < 120  # 3 s, plus actor start and model load
+    message = str(info.value)
+    assert "reference: a batch of 1 prompts exceeded timeout_s=3 on 1 attempts" in message
+    assert ids[1] in message and ids[0] not in message
+    assert ctx.run_dir.stage_success(1, "ref_logps") is None
