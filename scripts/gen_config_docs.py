@@ -34,8 +34,9 @@ HEADER = """\
 
 A run is one YAML file validated by `aipo_ray.config.RunConfig` (pydantic v2). Only `model.path`
 is required; every other key has a default, and the defaults are the AIPO paper's values
-(β 0.1, α 0.05, λ 0.2, lr 5e-7, cosine schedule, 10% warmup, batch 256, max prompt 512,
-max response 2048 tokens, 1 epoch per iteration).
+(β 0.1, lr 5e-7, cosine schedule, 10% warmup, batch 256, max prompt 512, max response 2048
+tokens, 1 epoch per iteration); AIPO's α 0.05 and λ 0.2 are one point of the paper's Tab. 6
+grid, whose pick it does not state (docs/losses.md).
 
 ```yaml
 name: tiny

@@ -12,7 +12,8 @@ from .base import StrictModel
 class LossConfig(StrictModel):
     """`name` picks a registered loss; every other key is one of its hparams.
 
-    Unset hparams take the loss's own defaults (paper values for AIPO: β 0.1, α 0.05, λ 0.2).
+    Unset hparams take the loss's own defaults (AIPO: β 0.1, α 0.05, λ 0.2; α and λ are one point
+    of the paper's Tab. 6 grid, which does not state its pick: see docs/losses.md).
     """
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)

@@ -14,7 +14,11 @@ from .registry import register_loss
 
 @register_loss("alpha_dpo")
 class AlphaDPOLoss(PreferenceLoss):
-    """−log σ(β·(s_θ − (1+α)·s_ref)) (Eq. 6). α = 0 is DPO."""
+    """−log σ(β·(s_θ − (1+α)·s_ref)) (Eq. 6). α = 0 is DPO.
+
+    The paper searches α ∈ {0.02, 0.03, 0.04, 0.05} for α-DPO (Tab. 6) without naming its pick;
+    0.05 is a point of that grid, not a value the paper states.
+    """
 
     defaults = {"beta": 0.1, "alpha": 0.05}
 
@@ -26,6 +30,11 @@ class AlphaDPOLoss(PreferenceLoss):
 
 @register_loss("aipo")
 class AIPOLoss(AlphaDPOLoss):
-    """α-DPO − λ·log π_θ(y_w|x)/|y_w| (Eq. 10); paper defaults β 0.1, α 0.05, λ 0.2."""
+    """α-DPO − λ·log π_θ(y_w|x)/|y_w| (Eq. 10).
+
+    β 0.1 is the paper's; α 0.05 and λ 0.2 are one point of its search (Tab. 6: α ∈ {0.03, 0.05,
+    0.07}, λ ∈ {0.2, 0.5}), whose winner it does not state (a summary of it suggests α 0.03,
+    λ 0.2). pipelines/experiments/aipo_hparams.yaml runs the grid.
+    """
 
     defaults = {"beta": 0.1, "alpha": 0.05, "nll_weight": 0.2}
