@@ -1,0 +1,110 @@
+"""Issue 13's "done when": a real 2-variant sweep (DPO and AIPO, T = 2, the default stages on the
+tiny random Llama with hf generation and a callable judge) whose driver is SIGKILLed inside a
+stage and resumed with `aipo sweep`; then `aipo compare` with real generation of the held-out
+answers. Checked: iteration 1's data stages computed once (the other variant's `_SUCCESS` has
+`reused_from`), iteration 2's generations per variant, every row exactly once after the resume,
+and compare.json's means equal to the Parquet tables."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aipo_ray.cli import main
+from aipo_ray.pipeline.runner import PAUSE_ENV
+from aipo_ray.storage import RunDir
+from aipo_ray.storage.checkpoint import verify_checkpoint
+from tests.e2e.conftest import tiny_run_config
+from tests.e2e.processes import REPO, child_env, kill_group, wait_for
+
+from .checks import assert_compare_row_matches_parquet
+
+DATA_STAGES = ("prompts", "generations", "rankings", "pairs", "ref_logps")
+HELD_OUT = ["Say something about rivers.", "Describe a cat.", "What is two plus two?"]
+
+
+def write_sweep(tmp_path: Path, model_dir: str) -> Path:
+    config = tiny_run_config(model_dir, str(tmp_path / "unused"), tmp_path / "prompts.jsonl")
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in HELD_OUT))
+    config.update(
+        ranking={"backend": "callable", "callable": "tests.report.judges:longer_is_better"},
+        eval={"prompts": str(held_out), "max_tokens": 8, "bootstrap_samples": 100})
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(config))
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("base: base.yaml\nvariants:\n  dpo: [loss.name=dpo]\n"
+                     "  aipo: [loss.name=aipo]\n")
+    return sweep
+
+
+def start_sweep(sweep: Path, root: Path, log: Path, pause_in: str):
+    import subprocess
+
+    cmd = [sys.executable, "-m", "aipo_ray.cli", "sweep", str(sweep), "--root", str(root)]
+    return subprocess.Popen(cmd, cwd=REPO, env=child_env(**{PAUSE_ENV: pause_in}),
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def assert_rows_exactly_once(rd: RunDir, it: int) -> None:
+    prompts = rd.read_stage_table(it, "prompts")["prompt_id"].to_pylist()
+    assert len(prompts) == len(set(prompts)) == 6
+    assert sorted(rd.read_stage_table(it, "generations")["prompt_id"].to_pylist()) == sorted(
+        prompts * 3)
+    assert sorted(rd.read_stage_table(it, "rankings")["prompt_id"].to_pylist()) == sorted(prompts)
+    pairs = rd.read_stage_table(it, "pairs")["prompt_id"].to_pylist()
+    assert len(pairs) == len(set(pairs)) > 0 and set(pairs) <= set(prompts)
+    steps = rd.stage_success(it, "train")["extra"]["steps"]
+    metrics = rd.fs.cat_file(rd.train_metrics_uri(it)).decode().splitlines()
+    assert len([m for m in metrics if m.strip()]) == steps  # a killed train is not appended to
+
+
+@pytest.mark.slow
+def test_sweep_killed_and_resumed_shares_iteration_one_and_compares(tmp_path, tiny_llama_path,
+                                                                   ray_cluster):
+    sweep, root = write_sweep(tmp_path, tiny_llama_path), tmp_path / "sweep"
+    log = tmp_path / "sweep.log"
+    # The first variant's iteration 1 training writes its output, then the driver is killed
+    # before that stage's _SUCCESS (the widest window a crash can hit).
+    driver = start_sweep(sweep, root, log, pause_in="train")
+    try:
+        wait_for(lambda: "paused before _SUCCESS" in log.read_text(errors="replace"), driver,
+                 timeout_s=600, log=log, what="the sweep to pause inside dpo's train stage")
+    finally:
+        kill_group(driver)
+    dpo, aipo = RunDir(str(root / "dpo")), RunDir(str(root / "aipo"))
+    assert dpo.stage_success(1, "train") is None and dpo.stage_success(1, "pairs") is not None
+
+    assert main(["sweep", str(sweep), "--root", str(root)]) == 0
+    for rd in (dpo, aipo):
+        assert rd.latest_model() == "iter_002"
+        verify_checkpoint(rd.model_uri(2))
+        for it in (1, 2):
+            assert_rows_exactly_once(rd, it)
+    for stage in DATA_STAGES:  # iteration 1's data half: computed once, by dpo
+        assert dpo.stage_success(1, stage).get("reused_from") is None
+        assert aipo.stage_success(1, stage)["reused_from"] == dpo.uri_of("iter_001", stage)
+        assert aipo.read_stage_table(1, stage) == dpo.read_stage_table(1, stage)
+    # θ_1 differs by loss, so iteration 2 is each variant's own from its generations on
+    for rd in (dpo, aipo):
+        for stage in ("train", "generations"):
+            assert rd.stage_success(2 if stage == "generations" else 1, stage).get(
+                "reused_from") is None
+    assert (aipo.stage_success(2, "generations")["fingerprint"]
+            != dpo.stage_success(2, "generations")["fingerprint"])
+
+    assert main(["compare", dpo.uri, aipo.uri]) == 0
+    result = json.loads((root / "compare" / "compare.json").read_text())
+    assert result["evaluation"]["prompts"]["n"] == len(HELD_OUT)
+    for name, rd in (("dpo", dpo), ("aipo", aipo)):
+        rows = result["variants"][name]["iterations"]
+        assert [r["iteration"] for r in rows] == [1, 2]
+        for row in rows:
+            assert_compare_row_matches_parquet(row, Path(rd.root))
+            assert 0 <= row["win_rate_vs_base"] <= 1 and 0 <= row["lc_win_rate_vs_base"] <= 1
+    # θ_0's answers: generated once, in the first variant's eval cache
+    assert dpo.exists("eval/responses/iter_000") and not aipo.exists("eval/responses/iter_000")
