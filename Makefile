@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install run test test-slow test-reliability test-reliability-fast test-all lint bench clean
+.PHONY: install run experiment test test-slow test-reliability test-reliability-fast test-all lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,15 @@ run: $(STAMP)
 	$(BIN)/aipo report $(RUN_DIR)
 	@echo "checkpoints: $(RUN_DIR)/models/ (LATEST: $$(cat $(RUN_DIR)/LATEST))"
 	@echo "report:      $(RUN_DIR)/report/index.html"
+
+EXPERIMENT_ROOT ?= runs/objectives_tiny
+
+# The paper's objective comparison in miniature (pipelines/experiments/objectives_tiny.yaml:
+# DPO, DPO+NLL, α-DPO, AIPO, SimPO; T = 3; sized for under 45 minutes on 2 CPU cores), then the
+# comparative report $(EXPERIMENT_ROOT)/compare/index.html. Run again to resume.
+experiment: $(STAMP)
+	$(BIN)/aipo sweep pipelines/experiments/objectives_tiny.yaml --root $(EXPERIMENT_ROOT)
+	$(BIN)/aipo compare $(addprefix $(EXPERIMENT_ROOT)/,dpo dpo_nll alpha_dpo aipo simpo)
 
 lint: $(STAMP)
 	$(BIN)/ruff check aipo_ray tests pipelines benchmarks
