@@ -55,7 +55,7 @@ lint: $(STAMP)
 
 # pytest exits 5 when a selection collects nothing; that is not a failure of the suite.
 test: $(STAMP) lint
-	$(BIN)/pytest -m "not slow and not gpu and not reliability_slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/pytest -m "not slow and not gpu and not reliability_slow and not cluster" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -m "slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
@@ -67,6 +67,19 @@ test-reliability: $(STAMP)
 
 test-reliability-fast: $(STAMP)
 	$(BIN)/pytest -m "reliability and not reliability_slow and not slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# A real three-node Ray cluster on this machine (`ray start` head + 2 workers, tests/fixtures/
+# multinode.py): a `ray job submit` run on S3, FSDP2 across nodes, nodes killed mid-stage.
+# ~15 min on 2 cores (docs/cluster.md).
+test-cluster: $(STAMP)
+	$(BIN)/pytest -m cluster $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# On a machine with one CUDA GPU (~5 min on an H100/H200): the `gpu` tests, then benchmarks/gpu.py
+# (results in benchmarks/results/). Without CUDA every test skips with its reason and the
+# benchmark writes `skipped` results.
+test-gpu: $(STAMP)
+	$(BIN)/pytest -m gpu -rs $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PY) -m benchmarks.gpu
 
 test-all: $(STAMP)
 	$(BIN)/pytest -m "" $(PYTEST_ARGS) || [ $$? -eq 5 ]

@@ -15,4 +15,5 @@ pytest_plugins = [
     "tests.fixtures.ray_cluster",
     "tests.fixtures.models",
     "tests.fixtures.s3",
+    "tests.fixtures.multinode",
 ]
