@@ -27,7 +27,7 @@ from aipo_ray.storage import RunDir
 
 from . import compare_plots as CP
 from . import html as H
-from .collect import load_run_config
+from .collect import load_run_config, stage_successes
 from .compare_eval import Variant, vs_base_win_rates
 from .page import RunView, collect, draw_sections, publish
 from .plots import overlaid_training_curves
@@ -83,6 +83,20 @@ def default_output(run_dirs: list[str], storage: StorageConfig | None = None) ->
                      f"with {SWEEP_JSON}); name where to write with --output DIR")
 
 
+def expand_sweep_roots(paths: list[str], storage: StorageConfig) -> list[str]:
+    """Run directories, with a sweep root (a directory holding `sweep.json`) standing for its
+    variants, in the sweep's order: `aipo compare runs/objectives_tiny`."""
+    out = []
+    for path in paths:
+        root = RunDir(path, storage)
+        if root.exists(SWEEP_JSON) and not root.exists("run.json"):
+            names = [v["name"] for v in root.read_json(SWEEP_JSON).get("variants") or []]
+            out += [f"{path.rstrip('/')}/{name}" for name in names]
+        else:
+            out.append(path)
+    return out
+
+
 def compare_runs(run_dirs: list[str], output: str | None = None, evaluate: bool = True,
                  overrides: list[str] | None = None, *, storage: StorageConfig | None = None,
                  ranker=None, generate_fn=None) -> dict[str, Any]:
@@ -93,6 +107,7 @@ def compare_runs(run_dirs: list[str], output: str | None = None, evaluate: bool 
     the configured judge and the generation component as in `evaluate_run`.
     """
     storage = storage or StorageConfig()
+    run_dirs = expand_sweep_roots(run_dirs, storage)
     variants = _variants(run_dirs, storage)
     out = (output or default_output(run_dirs, storage)).rstrip("/")
     views = {v.name: collect(v.rd) for v in variants}
@@ -103,6 +118,7 @@ def compare_runs(run_dirs: list[str], output: str | None = None, evaluate: bool 
         evaluation = vs_base_win_rates(variants, config, ranker=ranker, generate_fn=generate_fn)
     result = {
         "variants": {v.name: {"run_dir": v.rd.uri, **_describe(views[v.name]),
+                              "shared": shared_work(v.rd, views[v.name]),
                               "iterations": iteration_rows(views[v.name], evaluation, v.name)}
                      for v in variants},
         "evaluation": evaluation and evaluation["settings"],
@@ -150,6 +166,15 @@ def _describe(view: RunView) -> dict[str, Any]:
     return {"loss": (cfg.get("loss") or {}).get("name"), "latest_model": view.latest_model}
 
 
+def shared_work(rd: RunDir, view: RunView) -> dict[str, Any]:
+    """Stages this variant took from another (`reused_from`) and the compute time that saved:
+    the seconds the source spent, which the copy's `_SUCCESS` keeps."""
+    reused = [rec for it in view.stats for rec in stage_successes(rd, it).values()
+              if rec.get("reused_from")]
+    return {"stages_reused": len(reused),
+            "seconds_saved": sum(float(r.get("seconds") or 0.0) for r in reused)}
+
+
 def iteration_rows(view: RunView, evaluation: dict | None, name: str) -> list[dict[str, Any]]:
     """compare.json's rows of one variant: stats per iteration, win rates of θ_i vs θ_0."""
     ev = ((evaluation or {}).get("variants") or {}).get(name) or {}
@@ -184,7 +209,9 @@ def figures(result: dict[str, Any], views: dict[str, RunView]) -> list[H.Section
 
 def render(result: dict[str, Any], sections: list[H.Section], out: str) -> str:
     ev = result.get("evaluation")
-    meta = [f"{name}: {v['run_dir']} (loss {v['loss']}, latest {v['latest_model']})"
+    meta = [f"{name}: {v['run_dir']} (loss {v['loss']}, latest {v['latest_model']}; "
+            f"{v['shared']['stages_reused']} stages taken from other variants, "
+            f"{v['shared']['seconds_saved']:.0f} s of compute saved)"
             for name, v in result["variants"].items()]
     meta.append("win rates: " + (
         f"{ev['prompts']['n']} held-out prompts ({ev['prompts']['source']}), judge "

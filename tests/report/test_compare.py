@@ -37,7 +37,8 @@ def build_sweep(tmp_path: Path, names=("dpo", "aipo"), models: bool = False) -> 
             for it in (1, 2):
                 rd.write_json(f"models/iter_00{it}/{COMMITTED}", {"sha256": f"{name} θ_{it}"})
         dirs.append(rd.uri)
-    (root / "sweep.json").write_text(json.dumps({"variants": [], "failed": []}))
+    (root / "sweep.json").write_text(json.dumps({"variants": [{"name": n} for n in names],
+                                                 "failed": []}))
     return dirs
 
 
@@ -52,6 +53,7 @@ def test_compare_json_means_equal_the_parquet_tables_and_plots_are_drawn(tmp_pat
         variant = written["variants"][name]
         assert variant["run_dir"] == str(tmp_path / "sweep" / name)
         assert [r["iteration"] for r in variant["iterations"]] == [1, 2]
+        assert variant["shared"] == {"stages_reused": 0, "seconds_saved": 0.0}
         for row in variant["iterations"]:
             assert_compare_row_matches_parquet(row, Path(variant["run_dir"]))
             assert row["win_rate_vs_base"] is None and row["lc_win_rate_vs_base"] is None
@@ -126,6 +128,11 @@ def test_cli_compare_writes_to_the_sweep_root_or_asks_for_output(tmp_path, capsy
     dirs = build_sweep(tmp_path)
     assert main(["compare", *dirs, "--no-eval"]) == 0
     assert (tmp_path / "sweep" / "compare" / "compare.json").exists()
+    # the sweep root stands for its variants, in the sweep's order
+    (tmp_path / "sweep" / "compare" / "compare.json").unlink()
+    assert main(["compare", str(tmp_path / "sweep"), "--no-eval"]) == 0
+    assert list(json.loads((tmp_path / "sweep" / "compare" / "compare.json").read_text())[
+        "variants"]) == ["dpo", "aipo"]
     other = build_run(str(tmp_path / "elsewhere" / "run"), iterations=1).uri
     assert main(["compare", dirs[0], other, "--no-eval"]) == 2
     assert "--output" in capsys.readouterr().err

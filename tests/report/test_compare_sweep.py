@@ -106,5 +106,8 @@ def test_sweep_killed_and_resumed_shares_iteration_one_and_compares(tmp_path, ti
         for row in rows:
             assert_compare_row_matches_parquet(row, Path(rd.root))
             assert 0 <= row["win_rate_vs_base"] <= 1 and 0 <= row["lc_win_rate_vs_base"] <= 1
+    assert result["variants"]["dpo"]["shared"] == {"stages_reused": 0, "seconds_saved": 0.0}
+    assert result["variants"]["aipo"]["shared"]["stages_reused"] >= len(DATA_STAGES)
+    assert result["variants"]["aipo"]["shared"]["seconds_saved"] > 0
     # θ_0's answers: generated once, in the first variant's eval cache
     assert dpo.exists("eval/responses/iter_000") and not aipo.exists("eval/responses/iter_000")
