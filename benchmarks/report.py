@@ -109,9 +109,28 @@ def scaling_rows(r: dict) -> list[str]:
     return rows
 
 
+def memory_rows(r: dict) -> list[str]:
+    f, z = r["figures"], r["sizes"]
+    scale = z["scale"]
+    return [
+        _row("driver memory (sharded stage)", f"peak RSS MiB, ×{scale} rows",
+             f["sharded_x" + str(scale)]["peak_rss_mib"],
+             f["gathered_x" + str(scale)]["peak_rss_mib"], None,
+             f"baseline: driver gathers the output; {z['stage']}, {z['prompts_x1']}×{scale} "
+             f"prompts × {z['candidates']}, shards of {z['shard_size']}"),
+        _row("", f"peak RSS ratio ×{scale} / ×1", f["sharded_peak_ratio"],
+             f["gathered_peak_ratio"], None, "near 1: driver memory flat as rows grow"),
+        _row("", f"wall seconds, ×{scale} rows", f["sharded_x" + str(scale)]["seconds"],
+             f["gathered_x" + str(scale)]["seconds"], None,
+             "the price: each shard starts its own actor pool (load average "
+             f"{f['sharded_x' + str(scale)]['load_avg_1m'][0]} while measured)"),
+    ]
+
+
 FORMATTERS = [("train_vs_trl", train_rows), ("ranking", ranking_rows),
               ("generation_cpu", generation_rows), ("generation_gpu", generation_rows),
-              ("iteration_split", split_rows), ("training_gpu", None), ("scaling_paper", scaling_rows)]
+              ("iteration_split", split_rows), ("training_gpu", None), ("scaling_paper", scaling_rows),
+              ("driver_memory", memory_rows)]
 
 
 def table() -> str:

@@ -14,7 +14,8 @@ import traceback
 from benchmarks.common import apply_env, write_result
 
 # scaling reads the others' results, so it runs after them; report runs last.
-BENCHMARKS = ["ranking", "train_vs_trl", "generation", "iteration_split", "gpu", "scaling"]
+BENCHMARKS = ["ranking", "train_vs_trl", "generation", "iteration_split", "gpu", "scaling",
+              "driver_memory"]
 RESULT_NAMES = {"generation": "generation_cpu", "scaling": "scaling_paper", "gpu": "training_gpu"}
 
 

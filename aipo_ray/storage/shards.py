@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .schemas import SchemaError, conform
-from .tables import list_parts, part_name
+from .schemas import SchemaError
+from .tables import list_parts, part_name, read_parts
 
 SHARDS_DIR = "_shards"
 _PART_INDEX = re.compile(r"part-(\d+)\.parquet$")
@@ -96,16 +96,8 @@ def read_prompt_ids(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:
 def read_id_range(fs: fsspec.AbstractFileSystem, directory: str, first: str, last: str,
                   schema: pa.Schema | None = None) -> pa.Table:
     """The rows of a table whose prompt_id lies in [first, last] (one shard's input)."""
-    tables = []
-    for path in list_parts(fs, directory):
-        with fs.open(path, "rb") as f:
-            t = pq.read_table(f, filters=[("prompt_id", ">=", first), ("prompt_id", "<=", last)])
-        tables.append(conform(t, schema, path) if schema is not None else t)
-    if not tables:
-        if schema is None:
-            raise SchemaError(f"{directory}: no part files")
-        return schema.empty_table()
-    return pa.concat_tables(tables, promote_options="default")
+    return read_parts(fs, directory, schema,
+                      filters=[("prompt_id", ">=", first), ("prompt_id", "<=", last)])
 
 
 def check_each_once(table: pa.Table, prompt_ids: Iterable[str], what: str) -> None:

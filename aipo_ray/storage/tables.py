@@ -59,10 +59,17 @@ def read_table(
         raise FileNotFoundError(
             f"{directory}: no {SUCCESS}; the stage that writes it has not finished (run or resume it)"
         )
+    return read_parts(fs, directory, schema)
+
+
+def read_parts(fs: fsspec.AbstractFileSystem, directory: str, schema: pa.Schema | None = None,
+               **read_kwargs: Any) -> pa.Table:
+    """Every part file's rows (`read_kwargs` go to `pq.read_table`, e.g. `filters`), checked
+    against `schema` when given; no `_SUCCESS` check."""
     tables = []
     for path in list_parts(fs, directory):
         with fs.open(path, "rb") as f:
-            t = pq.read_table(f)
+            t = pq.read_table(f, **read_kwargs)
         tables.append(conform(t, schema, path) if schema is not None else t)
     if not tables:
         if schema is None:
