@@ -14,4 +14,14 @@ def write_report(run_dir: str, output: str | None = None, storage=None) -> str:
     return _write(run_dir, output=output, storage=storage)
 
 
-__all__ = ["write_report"]
+def compare_runs(run_dirs: list[str], output: str | None = None, evaluate: bool = True,
+                 overrides: list[str] | None = None, **kwargs) -> dict:
+    """The comparative report of several runs (a sweep's variants): `index.html`, PNGs and
+    `compare.json` under `output` (default the sweep root's `compare/`); returns compare.json's
+    content. See report/compare.py and docs/report.md."""
+    from .compare import compare_runs as _compare
+
+    return _compare(run_dirs, output=output, evaluate=evaluate, overrides=overrides, **kwargs)
+
+
+__all__ = ["compare_runs", "write_report"]
