@@ -29,8 +29,9 @@ import ray
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-CLUSTER_YAML = REPO / "cluster" / "ray-cluster.yaml"
-RAYJOB_YAML = REPO / "cluster" / "rayjob.yaml"
+CLUSTER_YAMLS = sorted((REPO / "cluster").glob("ray-cluster*.yaml"))
+# rayjob.yaml (fixed size) and rayjob-autoscaling.yaml (worker groups that grow from zero).
+RAYJOB_YAMLS = sorted((REPO / "cluster").glob("rayjob*.yaml"))
 CRD_ENV = "AIPO_KUBERAY_CRD"
 VENDORED_CRDS = sorted((REPO / "cluster" / "schemas").glob("kuberay-*-ray.io_rayjobs.yaml"))
 
@@ -80,41 +81,44 @@ def test_unknown_fields_finds_a_misspelt_field_that_plain_validation_passes():
     assert unknown_fields(doc, schema) == [".spec.replcas"]
 
 
-def test_cluster_launcher_yaml_is_valid_for_the_installed_ray():
-    config = yaml.safe_load(CLUSTER_YAML.read_text())
+@pytest.mark.parametrize("path", CLUSTER_YAMLS, ids=lambda p: p.name)
+def test_cluster_launcher_yaml_is_valid_for_the_installed_ray(path):
+    config = yaml.safe_load(path.read_text())
     errors = [f"{e.json_path}: {e.message}"
               for e in jsonschema.Draft7Validator(ray_schema()).iter_errors(config)]
-    assert not errors, f"{CLUSTER_YAML.name} against ray {ray.__version__}'s schema: {errors}"
+    assert not errors, f"{path.name} against ray {ray.__version__}'s schema: {errors}"
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     # What `ray up` does: fill in the provider's defaults, then the schema again plus its checks
     # across node types.
     validate_config(prepare_config(config))
     assert config["head_node_type"] in config["available_node_types"]
-    assert _ray_versions(CLUSTER_YAML) == {ray.__version__}
+    assert _ray_versions(path) == {ray.__version__}
 
 
-def test_rayjob_manifest_is_valid_against_the_kuberay_crd():
+@pytest.mark.parametrize("path", RAYJOB_YAMLS, ids=lambda p: p.name)
+def test_rayjob_manifest_is_valid_against_the_kuberay_crd(path):
     found = rayjob_crd_schema()
     if found is None:
         pytest.skip("no KubeRay RayJob CRD vendored in cluster/schemas/ (docs/cluster.md says "
                     f"which file); set {CRD_ENV}=PATH to check against one")
     schema, source = found
-    doc = yaml.safe_load(RAYJOB_YAML.read_text())
+    doc = yaml.safe_load(path.read_text())
     errors = [f"{e.json_path}: {e.message}"
               for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
-    assert not errors, f"{RAYJOB_YAML.name} against {source}: {errors}"
+    assert not errors, f"{path.name} against {source}: {errors}"
     assert unknown_fields(doc, schema) == [], f"fields {source} does not declare"
 
 
-def test_rayjob_manifest_runs_what_the_repo_has_with_the_installed_ray():
+@pytest.mark.parametrize("path", RAYJOB_YAMLS, ids=lambda p: p.name)
+def test_rayjob_manifest_runs_what_the_repo_has_with_the_installed_ray(path):
     """What the RayJob says, checked without the CRD: Ray and aipo accept every part of it."""
     from ray.runtime_env import RuntimeEnv
     from ray.scripts.scripts import start
 
     from aipo_ray.config import load_config
 
-    doc = yaml.safe_load(RAYJOB_YAML.read_text())
+    doc = yaml.safe_load(path.read_text())
     assert (doc["apiVersion"], doc["kind"]) == ("ray.io/v1", "RayJob")
     spec = doc["spec"]
     env = yaml.safe_load(spec["runtimeEnvYAML"])
@@ -135,7 +139,7 @@ def test_rayjob_manifest_runs_what_the_repo_has_with_the_installed_ray():
     for group in cluster["workerGroupSpecs"]:
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], group["groupName"]
     assert cluster["rayVersion"] == ray.__version__
-    assert _ray_versions(RAYJOB_YAML) == {ray.__version__}
+    assert _ray_versions(path) == {ray.__version__}
 
 
 def _ray_versions(path: Path) -> set[str]:
