@@ -29,7 +29,7 @@ from . import compare_plots as CP
 from . import html as H
 from .collect import load_run_config, stage_successes
 from .compare_eval import Variant, vs_base_win_rates
-from .page import RunView, collect, draw_sections, publish
+from .page import RunView, collect, draw_sections, publish, section_files
 from .plots import overlaid_training_curves
 
 log = logging.getLogger(__name__)
@@ -126,8 +126,7 @@ def compare_runs(run_dirs: list[str], output: str | None = None, evaluate: bool 
     }
     sections = figures(result, views)
     page = render(result, sections, out)
-    files = {f"{s.key}.png": s.png for s in sections if s.png is not None}
-    publish(out, storage, {**files, COMPARE_JSON: json.dumps(result, indent=2).encode(),
+    publish(out, storage, {**section_files(sections), COMPARE_JSON: json.dumps(result, indent=2).encode(),
                            "index.html": page.encode("utf-8")})
     log.info("comparison of %d variants written to %s/index.html", len(variants), out)
     return {**result, "output": out}

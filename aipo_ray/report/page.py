@@ -193,15 +193,23 @@ def write_report(run_dir: str, output: str | None = None,
         raise FileNotFoundError(f"{run_dir}: no such run directory")
     page, sections = render(collect(rd), rd.uri)
     out = (output or rd.uri_of("report")).rstrip("/")
-    files = {f"{s.key}.png": s.png for s in sections if s.png is not None}
-    publish(out, rd.storage, {**files, "index.html": page.encode("utf-8")})
+    publish(out, rd.storage, {**section_files(sections), "index.html": page.encode("utf-8")})
     return f"{out}/index.html"
 
 
-def publish(out: str, storage: StorageConfig, files: dict[str, bytes]) -> None:
-    """Write `files` (name -> bytes) into the directory `out` (local or s3://), in order."""
+def section_files(sections: list[H.Section]) -> dict[str, bytes | None]:
+    """`<key>.png` per section; None for a plot not drawn, so an older PNG is removed."""
+    return {f"{s.key}.png": s.png for s in sections}
+
+
+def publish(out: str, storage: StorageConfig, files: dict[str, bytes | None]) -> None:
+    """Write `files` (name -> bytes) into the directory `out` (local or s3://), in order; a name
+    mapped to None is removed if an earlier report left it (a plot that has no data now)."""
     fs, root = filesystem(out, storage)
     with_retries(lambda: fs.makedirs(root, exist_ok=True), f"mkdir {out}", storage)
     for name, body in files.items():
-        with_retries(lambda n=name, b=body: fs.pipe_file(posixpath.join(root, n), b),
-                     f"write {out}/{name}", storage)
+        path = posixpath.join(root, name)
+        if body is None:
+            with_retries(lambda p=path: fs.exists(p) and fs.rm(p), f"remove {out}/{name}", storage)
+            continue
+        with_retries(lambda p=path, b=body: fs.pipe_file(p, b), f"write {out}/{name}", storage)

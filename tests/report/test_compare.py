@@ -126,8 +126,11 @@ def test_win_rates_vs_one_base_answered_once_on_common_prompts_from_the_eval_cac
 
 def test_cli_compare_writes_to_the_sweep_root_or_asks_for_output(tmp_path, capsys):
     dirs = build_sweep(tmp_path)
+    (tmp_path / "sweep" / "compare").mkdir()
+    (tmp_path / "sweep" / "compare" / "win_rate.png").write_bytes(b"from an earlier comparison")
     assert main(["compare", *dirs, "--no-eval"]) == 0
     assert (tmp_path / "sweep" / "compare" / "compare.json").exists()
+    assert not (tmp_path / "sweep" / "compare" / "win_rate.png").exists()  # no stale figure
     # the sweep root stands for its variants, in the sweep's order
     (tmp_path / "sweep" / "compare" / "compare.json").unlink()
     assert main(["compare", str(tmp_path / "sweep"), "--no-eval"]) == 0
