@@ -35,20 +35,14 @@ def _connect(address: str) -> dict:
 
 
 def train(spec: dict) -> dict:
-    """Reference log-probs, then FSDP2 training with 2 Ray Train workers of 1.5 CPUs each."""
-    from aipo_ray.training.reference import compute_ref_logps
+    """FSDP2 training with 2 Ray Train workers of 1.5 CPUs each, on the pairs and reference
+    log-probs the test wrote (`pairs.parquet`, `ref.parquet` in `out`)."""
     from aipo_ray.training.trainer import train_policy
-    from tests.training.test_resume_on_cpu import _pairs_and_ref
-    from tests.training.test_trainer_on_cpu import make_config, make_pairs
+    from tests.training.test_trainer_on_cpu import make_config
 
     out = Path(spec["out"])
     config = make_config(spec["model"], cpus_per_worker=1.5, **spec["training"])
-    if spec["pairs"] == "resume":  # test_resume_on_cpu's 12 pairs with a fixed reference
-        pairs, ref = _pairs_and_ref()
-    else:
-        pairs = make_pairs()
-        ref = compute_ref_logps(config, pairs, spec["model"])
-    pq.write_table(ref, out / "ref.parquet")
+    pairs, ref = pq.read_table(out / "pairs.parquet"), pq.read_table(out / "ref.parquet")
     train_policy(config, pairs, ref, spec["model"], output_uri=str(out / "model"),
                  metrics_uri=str(out / "metrics.jsonl"), storage_path=str(out / "ray"),
                  run_name="cluster")
@@ -83,10 +77,13 @@ def generate(spec: dict) -> dict:
     return {"rows_in": record["rows_in"], "rows_out": record["rows_out"]}
 
 
-def start(what: str, spec: dict, address: str, log: Path) -> subprocess.Popen:
-    """Start `python -m tests.cluster.drivers WHAT SPEC` against the cluster at `address`."""
+def start(what: str, spec: dict, address: str, log: Path, **tables: pa.Table) -> subprocess.Popen:
+    """Start `python -m tests.cluster.drivers WHAT SPEC` against the cluster at `address`;
+    `tables` are written to `<out>/<name>.parquet` for the driver to read."""
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
+    for name, table in tables.items():
+        pq.write_table(table, out / f"{name}.parquet")
     (out / "spec.json").write_text(json.dumps(spec))
     env = dict(os.environ, RAY_ADDRESS=address, PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled")
     return subprocess.Popen([sys.executable, "-m", "tests.cluster.drivers", what,

@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import time
 
-import pyarrow.parquet as pq
+import pyarrow as pa
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.training.plain import assert_weights_match, plain_train
+from tests.training.plain import assert_weights_match, plain_logps, plain_train
 from tests.training.test_resume_on_cpu import N, _pairs_and_ref, _registered_checkpoint_step
 from tests.training.test_trainer_on_cpu import ADAM_EPS, make_config, make_pairs
 
@@ -29,6 +29,20 @@ def _train_workers(cluster, job_id: str) -> list:
                        raise_on_missing_output=False)
 
 
+def _plain_reference(model_path: str, config, pairs: pa.Table) -> pa.Table:
+    """Reference log-probs of θ_0 in this process (the reference stage is not under test here;
+    test_trainer_on_cpu pins it to these numbers)."""
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    with torch.no_grad():
+        chosen, rejected, chosen_len, rejected_len = plain_logps(model, tokenizer, config, pairs,
+                                                                 range(pairs.num_rows))
+    return pa.table({"prompt_id": pairs.column("prompt_id"),
+                     "ref_chosen_logp": chosen.tolist(), "ref_rejected_logp": rejected.tolist(),
+                     "chosen_len": chosen_len.int().tolist(),
+                     "rejected_len": rejected_len.int().tolist()})
+
+
 def _weights_match_plain(model_path: str, out, config, pairs, ref) -> list[float]:
     """Asserts the committed model's weights are plain PyTorch's; returns plain's grad norms."""
     expected, grad_norms = plain_train(model_path, config, pairs, ref)
@@ -42,18 +56,19 @@ def test_fsdp2_with_a_worker_on_each_node_matches_single_process_pytorch(
     healthy_cluster, tiny_llama_path, tmp_path
 ):
     out, log = tmp_path / "out", tmp_path / "driver.log"
-    spec = {"out": str(out), "model": tiny_llama_path, "pairs": "dpo",
-            "training": {"adam_eps": ADAM_EPS}}
-    info = drivers.finish(drivers.start("train", spec, healthy_cluster.address, log), out, log, 900)
+    config = make_config(tiny_llama_path, cpus_per_worker=1.5, adam_eps=ADAM_EPS)
+    pairs = make_pairs()
+    ref = _plain_reference(tiny_llama_path, config, pairs)
+    spec = {"out": str(out), "model": tiny_llama_path, "training": {"adam_eps": ADAM_EPS}}
+    proc = drivers.start("train", spec, healthy_cluster.address, log, pairs=pairs, ref=ref)
+    info = drivers.finish(proc, out, log, 900)
 
     names = healthy_cluster.node_names()
     placed = sorted(names[w.node_id] for w in _train_workers(healthy_cluster, info["job_id"]))
     assert placed == ["node_a", "node_b"]
-    config = make_config(tiny_llama_path, cpus_per_worker=1.5, adam_eps=ADAM_EPS)
     metrics = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]
-    grad_norms = _weights_match_plain(tiny_llama_path, out, config, make_pairs(),
-                                      pq.read_table(out / "ref.parquet"))
+    grad_norms = _weights_match_plain(tiny_llama_path, out, config, pairs, ref)
     assert [m["grad_norm"] for m in metrics] == pytest.approx(grad_norms, rel=1e-4)
 
 
@@ -64,9 +79,10 @@ def test_worker_node_lost_mid_epoch_resumes_on_a_replacement_node_with_the_same_
     out, log = tmp_path / "out", tmp_path / "driver.log"
     training = {"global_batch_size": 2, "num_epochs": 2, "adam_eps": 1e-4,
                 "checkpoint_every_steps": 2, "max_failures": 3}
-    spec = {"out": str(out), "model": tiny_llama_path, "pairs": "resume", "training": training}
+    spec = {"out": str(out), "model": tiny_llama_path, "training": training}
+    pairs, ref = _pairs_and_ref()
     lost = cluster.alive_nodes()["node_a"]
-    proc = drivers.start("train", spec, cluster.address, log)
+    proc = drivers.start("train", spec, cluster.address, log, pairs=pairs, ref=ref)
 
     # Kill node_a's raylet once Ray Train's controller has registered a mid-epoch checkpoint.
     deadline = time.monotonic() + 600
@@ -95,7 +111,6 @@ def test_worker_node_lost_mid_epoch_resumes_on_a_replacement_node_with_the_same_
     assert resumed_at < N and lines[:resumed_at] == before_kill[:resumed_at]
     metrics = [json.loads(ln) for ln in lines]
     assert [m["step"] for m in metrics] == list(range(1, N + 1))  # every step once
-    pairs, ref = _pairs_and_ref()
     config = make_config(tiny_llama_path, cpus_per_worker=1.5, **training)
     grad_norms = _weights_match_plain(tiny_llama_path, out, config, pairs, ref)
     assert [m["grad_norm"] for m in metrics] == pytest.approx(grad_norms, rel=1e-4)
