@@ -66,6 +66,7 @@ class ServeConfig(StrictModel):
     max_tokens_limit: int = Field(default=1024, ge=1)
     default_max_tokens: int = Field(default=256, ge=1)
     max_messages: int = Field(default=256, ge=1)
+    max_n: int = Field(default=8, ge=1, description="most choices (`n`) one request may ask for")
     max_rank_candidates: int = Field(default=64, ge=2)
     num_replicas: int = Field(default=1, ge=1)
     cpus_per_replica: float = Field(default=1.0, ge=0)

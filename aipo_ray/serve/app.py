@@ -1,29 +1,42 @@
 """The Ray Serve application: a gateway (limits, auth, OpenAI shapes) in front of a chat model
 deployment and an optional ranker deployment.
 
-    POST /v1/chat/completions   OpenAI chat completions (non-streaming), one choice
+    POST /v1/chat/completions   OpenAI chat completions; `stream`, `n` (up to serve.max_n)
+    POST /v1/completions        OpenAI text completions (the prompt continued, no chat template)
     POST /rank                  {"prompt", "candidates"} -> {"scores", "best_idx", "worst_idx"}
     GET  /v1/models             the served checkpoint
     GET  /healthz               liveness, no auth
 
-The gateway is the only deployment with a route; models scale on their own resources.
+The chat deployment is ours (`ChatModel`, transformers) or ray.serve.llm's `LLMServer` (vLLM,
+see `vllm_engine`). The gateway is the only deployment with a route; models scale on their own
+resources.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import time
-import uuid
-from dataclasses import asdict
+import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 
 from aipo_ray.config import ModelConfig, RankingConfig, ServeConfig, StorageConfig
 
-from .protocol import ApiError, check_auth, check_size, parse_chat, parse_rank
+from .openai_format import Responses, collect, sse_chunks, until_error
+from .protocol import (
+    ApiError,
+    ChatRequest,
+    CompletionRequest,
+    check_auth,
+    check_size,
+    parse_chat,
+    parse_completion,
+    parse_rank,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +45,26 @@ api = FastAPI(title="aipo serve", docs_url=None, redoc_url=None, openapi_url=Non
 
 @serve.deployment(name="chat")
 class ChatModel:
-    """One replica holds one copy of the checkpoint (resolved and verified in the replica)."""
+    """The transformers backend: one replica holds one copy of the checkpoint (resolved and
+    verified in the replica)."""
 
-    def __init__(self, model_uri: str, storage: StorageConfig, cfg: ServeConfig,
-                 model: ModelConfig):
+    def __init__(self, model_uri: str, storage: StorageConfig, model: ModelConfig):
         from aipo_ray.models import resolve_model_path
 
-        from .backends import build_chat_backend
+        from .backends import HFChat
 
-        self.backend = build_chat_backend(resolve_model_path(model_uri, storage), cfg, model,
-                                          storage)
+        self.backend = HFChat(resolve_model_path(model_uri, storage), model, storage)
 
-    def complete(self, request: dict[str, Any]) -> dict[str, Any]:
-        return asdict(self.backend.complete(**request))
+    async def events(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """`openai_format` events of every choice, as they are generated. Generation runs in a
+        thread; when the caller goes away (a closed stream), it stops at the next token."""
+        cancel = threading.Event()
+        it = self.backend.events(request, cancel)
+        try:
+            while (event := await asyncio.to_thread(next, it, None)) is not None:
+                yield event
+        finally:
+            cancel.set()
 
 
 @serve.deployment(name="ranker")
@@ -79,18 +99,53 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def hf_request(req: ChatRequest | CompletionRequest, max_tokens: int) -> dict[str, Any]:
+    """What `ChatModel.events` reads: the conversation or prompt and the sampling settings."""
+    out: dict[str, Any] = {"n": req.n, "max_tokens": max_tokens, "temperature": req.temperature,
+                           "top_p": req.top_p, "stop": req.stop_list, "seed": req.seed}
+    if isinstance(req, ChatRequest):
+        out["messages"] = [m.model_dump() for m in req.messages]
+    else:
+        out["prompt"] = req.prompt
+    return out
+
+
+def vllm_request(req: ChatRequest | CompletionRequest, max_tokens: int,
+                 model_id: str) -> dict[str, Any]:
+    """The request as the client sent it (fields we do not know included, for vLLM), with the
+    server's token budget and the engine's model id."""
+    body = req.model_dump(exclude_unset=True)
+    body.pop("max_completion_tokens", None)
+    return {**body, "max_tokens": max_tokens, "model": model_id}
+
+
+async def peeked(events: AsyncIterator) -> AsyncIterator:
+    """`events` with its first item already awaited, so a failure before the first token
+    raises here, while the status code can still say so."""
+    first = await events.__anext__()
+
+    async def chained():
+        yield first
+        async for item in events:
+            yield item
+
+    return chained()
+
+
 @serve.deployment(name="gateway", ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class Gateway:
-    def __init__(self, chat, ranker, cfg: ServeConfig, token_digest: bytes | None, model_name: str):
+    def __init__(self, chat, ranker, cfg: ServeConfig, token_digest: bytes | None, model_name: str,
+                 backend: str = "hf"):
         self.chat, self.ranker, self.cfg = chat, ranker, cfg
-        self.digest, self.model_name = token_digest, model_name
+        self.digest, self.model_name, self.backend = token_digest, model_name, backend
 
-    async def _handle(self, request: Request, handler) -> JSONResponse:
+    async def _handle(self, request: Request, handler) -> Response:
         try:
             check_auth(request.headers.get("authorization"), self.digest)
             body = await read_body(request, self.cfg.max_request_bytes)
-            return JSONResponse(await handler(body))
+            out = await handler(body)
+            return out if isinstance(out, Response) else JSONResponse(out)
         except ApiError as err:
             return error_response(err)
         except Exception as err:  # the model failed: say so as JSON, keep serving
@@ -99,11 +154,15 @@ class Gateway:
                                            code="internal_error", kind="server_error"))
 
     @api.post("/v1/chat/completions")
-    async def chat_completions(self, request: Request) -> JSONResponse:
-        return await self._handle(request, self._chat)
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._handle(request, lambda body: self._generate("chat", body))
+
+    @api.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        return await self._handle(request, lambda body: self._generate("text", body))
 
     @api.post("/rank")
-    async def rank(self, request: Request) -> JSONResponse:
+    async def rank(self, request: Request) -> Response:
         return await self._handle(request, self._rank)
 
     @api.get("/v1/models")
@@ -119,22 +178,24 @@ class Gateway:
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
-    async def _chat(self, body: bytes) -> dict[str, Any]:
-        req, max_tokens = parse_chat(body, self.cfg)
-        out = await self.chat.complete.remote({
-            "messages": [m.model_dump() for m in req.messages], "max_tokens": max_tokens,
-            "temperature": req.temperature, "top_p": req.top_p, "stop": req.stop_list,
-            "seed": req.seed,
-        })
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
-            "created": int(time.time()), "model": self.model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": out["text"]},
-                         "finish_reason": out["finish_reason"]}],
-            "usage": {"prompt_tokens": out["prompt_tokens"],
-                      "completion_tokens": out["completion_tokens"],
-                      "total_tokens": out["prompt_tokens"] + out["completion_tokens"]},
-        }
+    async def _generate(self, kind: str, body: bytes) -> dict[str, Any] | Response:
+        """A chat or text completion, whole or as server-sent events."""
+        req, max_tokens = (parse_chat if kind == "chat" else parse_completion)(body, self.cfg)
+        if self.backend == "vllm":
+            from .vllm_engine import vllm_answer
+
+            out = await vllm_answer(self.chat, kind, vllm_request(req, max_tokens,
+                                                                  self.model_name))
+            if isinstance(out, dict):
+                return out
+            chunks = out
+        else:
+            events = self.chat.options(stream=True).events.remote(hf_request(req, max_tokens))
+            responses = Responses(kind, self.model_name)
+            if not req.stream:
+                return await collect(responses, events)
+            chunks = sse_chunks(responses, await peeked(events), req.include_usage)
+        return StreamingResponse(until_error(chunks), media_type="text/event-stream")
 
     async def _rank(self, body: bytes) -> dict[str, Any]:
         if self.ranker is None:

@@ -57,27 +57,55 @@ class ChatMessage(_Request):
     content: Annotated[StrictStr, BeforeValidator(_join_text_parts)]
 
 
-class ChatRequest(_Request):
-    messages: list[ChatMessage] = Field(min_length=1)
+class StreamOptions(_Request):
+    include_usage: bool = False
+
+
+class _Sampling(_Request):
+    """What chat and text completions share. Unknown fields are kept (extra="allow") and
+    forwarded to a vLLM backend, which understands most of OpenAI's surface (logprobs, ...);
+    the transformers backend ignores them."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
     model: StrictStr | None = None
     max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    n: int = Field(default=1, ge=1, le=1, description="one choice per request")
-    stream: Literal[False] = False
+    n: int = Field(default=1, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
     stop: StrictStr | list[StrictStr] | None = None
     seed: int | None = None
 
     @property
     def requested_tokens(self) -> int | None:
-        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        return self.max_tokens
 
     @property
     def stop_list(self) -> list[str]:
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+    @property
+    def requested_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class CompletionRequest(_Sampling):
+    """`/v1/completions`: one prompt, continued as plain text (no chat template)."""
+
+    prompt: StrictStr
 
 
 class RankRequest(_Request):
@@ -111,10 +139,6 @@ def _validated(model: type[_Request], data: dict[str, Any]):
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "missing":
             message = f"missing required field {param!r}"
-        elif param == "stream":
-            message = "streaming is not supported; send stream: false"
-        elif param == "n":
-            message = "only n = 1 is supported"
         more = f" (and {e.error_count() - 1} more problems)" if e.error_count() > 1 else ""
         raise ApiError(400, f"{param}: {message}{more}" if param else message + more,
                        param=param) from None
@@ -126,12 +150,28 @@ def parse_chat(body: bytes, cfg: ServeConfig) -> tuple[ChatRequest, int]:
     if len(req.messages) > cfg.max_messages:
         raise ApiError(400, f"messages: {len(req.messages)} messages exceed the limit of "
                             f"{cfg.max_messages}", param="messages")
+    param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+    return req, _budget(req, cfg, param)
+
+
+def parse_completion(body: bytes, cfg: ServeConfig) -> tuple[CompletionRequest, int]:
+    """`/v1/completions`: (request, max_tokens to generate), or an ApiError."""
+    req = _validated(CompletionRequest, decode_json(body))
+    return req, _budget(req, cfg, "max_tokens")
+
+
+def _budget(req: _Sampling, cfg: ServeConfig, param: str) -> int:
+    """The server's limits on what one request may cost: tokens per choice, choices."""
     wanted = req.requested_tokens
     if wanted is not None and wanted > cfg.max_tokens_limit:
-        param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         raise ApiError(400, f"{param}: {wanted} exceeds this server's limit of "
                             f"{cfg.max_tokens_limit}", param=param, code="max_tokens_exceeded")
-    return req, wanted if wanted is not None else cfg.default_max_tokens
+    if req.n > cfg.max_n:
+        raise ApiError(400, f"n: {req.n} exceeds this server's limit of {cfg.max_n}", param="n")
+    if req.stream_options is not None and not req.stream:
+        raise ApiError(400, "stream_options: only allowed with stream: true",
+                       param="stream_options")
+    return wanted if wanted is not None else cfg.default_max_tokens
 
 
 def parse_rank(body: bytes, cfg: ServeConfig) -> RankRequest:

@@ -71,29 +71,45 @@ def _run_json_config(checkpoint: str, overrides: list[str],
     return config.model_copy(update={"storage": rd.storage}) if storage else config
 
 
-def build_app(checkpoint: str, config: RunConfig, model_uri: str | None = None):
-    """The Serve application graph: gateway → chat model (+ ranker when `serve.rank`)."""
-    from .app import ChatModel, Gateway, RankModel
-    from .backends import replica_env
+def build_app(checkpoint: str, config: RunConfig, model_uri: str | None = None,
+              model_dir: str | None = None):
+    """The Serve application graph: gateway → chat model (+ ranker when `serve.rank`).
+
+    `model_dir` is the driver's local copy of θ_t; ray.serve.llm reads its config to plan the
+    vLLM engine before any replica starts (each replica then fetches `model_uri` itself).
+    """
+    from .app import Gateway, RankModel
+    from .backends import pick_backend
     from .protocol import token_digest
 
     cfg = config.serve
-    actor: dict = {"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica}
-    env = replica_env(cfg)
-    if env:
-        actor["runtime_env"] = {"env_vars": env}
-    chat = ChatModel.options(num_replicas=cfg.num_replicas, ray_actor_options=actor).bind(
-        model_uri or checkpoint, config.storage, cfg.model_copy(update={"auth_token": None}),
-        config.model)
+    # The token itself never reaches Ray: the gateway gets its sha256 only.
+    public = cfg.model_copy(update={"auth_token": None})
+    name = posixpath.basename(checkpoint.rstrip("/")) or checkpoint
+    uri = model_uri or checkpoint
+    backend = pick_backend(cfg)
+    if backend == "vllm":
+        from .vllm_engine import build_vllm_chat
+
+        chat = build_vllm_chat(model_dir or uri, uri, name, public, config.model, config.storage)
+    else:
+        chat = hf_chat(uri, config)
     ranker = None
     if cfg.rank:
         ranker = RankModel.options(ray_actor_options={
             "num_cpus": config.ranking.cpus_per_replica, "num_gpus": config.ranking.gpus_per_replica,
-        }).bind(config.ranking, model_uri or checkpoint, config.storage, config.model)
-    # The token itself never reaches Ray: the gateway gets its sha256 only.
-    public = cfg.model_copy(update={"auth_token": None})
-    name = posixpath.basename(checkpoint.rstrip("/")) or checkpoint
-    return Gateway.bind(chat, ranker, public, token_digest(cfg), name)
+        }).bind(config.ranking, uri, config.storage, config.model)
+    return Gateway.bind(chat, ranker, public, token_digest(cfg), name, backend)
+
+
+def hf_chat(model_uri: str, config: RunConfig):
+    """Our transformers chat deployment, bound."""
+    from .app import ChatModel
+
+    cfg = config.serve
+    actor: dict = {"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica}
+    return ChatModel.options(num_replicas=cfg.num_replicas, ray_actor_options=actor).bind(
+        model_uri, config.storage, config.model)
 
 
 def serve_checkpoint(checkpoint: str, config_path: str | None = None,
@@ -119,13 +135,13 @@ def serve_checkpoint(checkpoint: str, config_path: str | None = None,
     stop = stop_event() if blocking else None
     try:
         serve.start(http_options={"host": cfg.host, "port": port})
-        serve.run(build_app(checkpoint, config, model_uri), name=APP_NAME, route_prefix="/",
+        serve.run(build_app(checkpoint, config, model_uri, local), name=APP_NAME, route_prefix="/",
                   blocking=False)
     except BaseException:
         serve.shutdown()  # a failed deployment must not leave replicas holding the port
         raise
     served = ServedApp(url=f"http://{cfg.host}:{port}", model=checkpoint)
-    log.info("serving %s at %s (POST /v1/chat/completions, POST /rank)", checkpoint, served.url)
+    log.info("serving %s at %s (POST /v1/chat/completions, /v1/completions, /rank)", checkpoint, served.url)
     if blocking:
         print(f"serving {checkpoint} at {served.url}; Ctrl-C stops", flush=True)
         wait_for_stop(stop)

@@ -15,6 +15,7 @@ from aipo_ray.serve.protocol import (
     check_auth,
     check_size,
     parse_chat,
+    parse_completion,
     parse_rank,
     token_digest,
 )
@@ -51,13 +52,33 @@ def test_parse_chat_names_the_bad_field():
     assert error_of(parse_chat, body(max_completion_tokens=65), CFG).param == "max_completion_tokens"
     assert error_of(parse_chat, body(max_tokens=True), CFG).param == "max_tokens"
     assert error_of(parse_chat, body(max_tokens=0), CFG).param == "max_tokens"
-    assert error_of(parse_chat, body(n=2), CFG).message == "n: only n = 1 is supported"
+    assert error_of(parse_chat, body(n=9), CFG).message == "n: 9 exceeds this server's limit of 8"
+    assert error_of(parse_chat, body(stream="yes"), CFG).param == "stream"
+    no_stream = error_of(parse_chat, body(stream_options={"include_usage": True}), CFG)
+    assert no_stream.param == "stream_options"
     many = [{"role": "user", "content": "x"}] * 4
     assert error_of(parse_chat, body(messages=many), CFG).param == "messages"
     bad_role = [{"role": "tool", "content": "x"}]
     assert error_of(parse_chat, body(messages=bad_role), CFG).param == "messages.0.role"
     image = [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]
     assert "text content parts" in error_of(parse_chat, body(messages=image), CFG).message
+
+
+def test_parse_chat_takes_stream_n_and_keeps_fields_it_does_not_know_for_vllm():
+    req, _ = parse_chat(body(stream=True, stream_options={"include_usage": True}, n=8,
+                             logprobs=True), CFG)
+    assert req.stream and req.include_usage and req.n == 8
+    assert req.model_dump(exclude_unset=True)["logprobs"] is True
+
+
+def test_parse_completion_reads_a_prompt_within_the_limits():
+    req, budget = parse_completion(b'{"prompt": "The sky is", "stream": true}', CFG)
+    assert (req.prompt, req.stream, budget) == ("The sky is", True, 16)
+    assert error_of(parse_completion, b'{"prompt": ["a"]}', CFG).param == "prompt"
+    assert error_of(parse_completion, b'{"max_tokens": 2}', CFG).message == \
+        "prompt: missing required field 'prompt'"
+    assert error_of(parse_completion, b'{"prompt": "x", "max_tokens": 65}', CFG).code == \
+        "max_tokens_exceeded"
 
 
 def test_parse_rank_checks_candidates():

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from aipo_ray.serve.runner import serve_checkpoint, serve_config
 from tests.report.model_runs import build_model_run
+from tests.serve.greedy import local_greedy
 
 TOKEN = "test-serve-token-123"
 
@@ -35,20 +34,6 @@ def served(tmp_path_factory, ray_cluster, tiny_llama_path, smollm2_path):
 def chat(client, **body):
     body.setdefault("messages", [{"role": "user", "content": "Say hello."}])
     return client.post("/v1/chat/completions", json=body)
-
-
-def local_greedy(model_dir: str, messages: list[dict], max_new_tokens: int) -> str:
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    enc = tok(text, add_special_tokens=False, return_tensors="pt")
-    with torch.inference_mode():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tok.eos_token_id)
-    new = out[0, enc["input_ids"].shape[1]:].tolist()
-    if tok.eos_token_id in new:
-        new = new[:new.index(tok.eos_token_id)]
-    return tok.decode(new, skip_special_tokens=True)
 
 
 def test_chat_completion_answers_with_the_committed_model(served):
@@ -86,7 +71,8 @@ def test_default_and_limited_max_tokens(served):
     (b'{"messages": [{"role": "user", "content": 42}]}', "messages.0.content"),
     (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": "5"}', "max_tokens"),
     (b'{"messages": [{"role": "user", "content": "x"}], "temperature": 9}', "temperature"),
-    (b'{"messages": [{"role": "user", "content": "x"}], "stream": true}', "stream"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}', "stream"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "n": 0}', "n"),
 ])
 def test_bad_requests_get_a_400_json_error(served, body, param):
     _, client, _ = served
