@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from aipo_ray.config import StorageConfig
-from aipo_ray.storage import RunDir
+from aipo_ray.storage import RunDir, filesystem, with_retries
 
 from . import compare_plots as CP
 from . import html as H
@@ -34,6 +34,7 @@ from .plots import overlaid_training_curves
 
 log = logging.getLogger(__name__)
 COMPARE_JSON = "compare.json"
+JUDGEMENTS_JSON = "judgements.json"  # the configured judge's scores by content (compare_eval.py)
 SWEEP_JSON = "sweep.json"  # aipo_ray.sweeps.SWEEP_JSON; not imported: report stays below pipeline
 
 # compare.json key -> path into stats.json
@@ -111,11 +112,8 @@ def compare_runs(run_dirs: list[str], output: str | None = None, evaluate: bool 
     variants = _variants(run_dirs, storage)
     out = (output or default_output(run_dirs, storage)).rstrip("/")
     views = {v.name: collect(v.rd) for v in variants}
-    evaluation = None
-    if evaluate:
-        config = load_run_config(variants[0].rd, overrides)
-        _warn_on_other_judges(variants, config)
-        evaluation = vs_base_win_rates(variants, config, ranker=ranker, generate_fn=generate_fn)
+    evaluation, judgements = (_win_rates(variants, out, overrides, storage, ranker, generate_fn)
+                              if evaluate else (None, None))
     result = {
         "variants": {v.name: {"run_dir": v.rd.uri, **_describe(views[v.name]),
                               "shared": shared_work(v.rd, views[v.name]),
@@ -126,10 +124,35 @@ def compare_runs(run_dirs: list[str], output: str | None = None, evaluate: bool 
     }
     sections = figures(result, views)
     page = render(result, sections, out)
-    publish(out, storage, {**section_files(sections), COMPARE_JSON: json.dumps(result, indent=2).encode(),
-                           "index.html": page.encode("utf-8")})
+    files = {**section_files(sections), COMPARE_JSON: json.dumps(result, indent=2).encode()}
+    if judgements is not None:
+        files[JUDGEMENTS_JSON] = json.dumps(judgements).encode()
+    publish(out, storage, {**files, "index.html": page.encode("utf-8")})
     log.info("comparison of %d variants written to %s/index.html", len(variants), out)
     return {**result, "output": out}
+
+
+def _win_rates(variants: list[Variant], out: str, overrides: list[str] | None,
+               storage: StorageConfig, ranker, generate_fn) -> tuple[dict, dict]:
+    """vs_base_win_rates with the first run's config and the judge cache kept in `out`."""
+    config = load_run_config(variants[0].rd, overrides)
+    _warn_on_other_judges(variants, config)
+    judgements = read_json_or(f"{out}/{JUDGEMENTS_JSON}", storage, {})
+    evaluation = vs_base_win_rates(variants, config, ranker=ranker, generate_fn=generate_fn,
+                                   judgements=judgements)
+    return evaluation, judgements
+
+
+def read_json_or(uri: str, storage: StorageConfig, default: Any) -> Any:
+    """The JSON document at `uri`, or `default` when there is none or it is damaged."""
+    fs, path = filesystem(uri, storage)
+    if not with_retries(lambda: fs.exists(path), f"stat {uri}", storage):
+        return default
+    try:
+        return json.loads(with_retries(lambda: fs.cat_file(path), f"read {uri}", storage))
+    except ValueError:
+        log.warning("%s is not valid JSON; starting afresh", uri)
+        return default
 
 
 def _variants(run_dirs: list[str], storage: StorageConfig) -> list[Variant]:

@@ -11,11 +11,16 @@ left, Fig. 3): one judge, one set of held-out prompts and one sampling setup for
   generated here is cached there for `aipo eval`. That cache is per run directory, so θ_0, which
   the variants share, is generated (or read) once, in the first run that has it, and its answers
   serve every variant with the same base (equal `models/iter_000` pointer).
-- Judgements are not cached: the judge sees each (θ_t, θ_0) pair in both orders on every call.
+- Judgements of the configured judge are remembered by content (judge settings, prompt, the
+  two answers in order) in `judgements` (compare.py keeps them in `<output>/judgements.json`),
+  so running the comparison again judges only what is new. A judge passed in as an object
+  (`ranker=`) has no identity to key on and is always asked.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -48,19 +53,54 @@ class Variant:
     rd: RunDir
 
 
+class CachedJudge:
+    """The configured judge, built on first need, with its scores remembered in `scores` by
+    content: sha256 of (judge identity, prompt, candidates in order) -> one score per candidate."""
+
+    def __init__(self, build, identity: str, scores: dict[str, list[float]]):
+        self.build, self.identity, self.scores = build, identity, scores
+        self.ranker = None
+        self.asked = 0  # rows the judge itself scored (not from the cache)
+
+    def _key(self, prompt: str, candidates: list[str]) -> str:
+        text = json.dumps([self.identity, prompt, list(candidates)], ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def score(self, prompts: list[str], candidates: list[list[str]]) -> list[list[float]]:
+        keys = [self._key(p, c) for p, c in zip(prompts, candidates, strict=True)]
+        todo = [i for i, k in enumerate(keys) if k not in self.scores]
+        if todo:
+            self.ranker = self.ranker or self.build()
+            new = self.ranker.score([prompts[i] for i in todo], [candidates[i] for i in todo])
+            for i, row in zip(todo, new, strict=True):
+                self.scores[keys[i]] = [float(x) for x in row]
+            self.asked += len(todo)
+        return [self.scores[k] for k in keys]
+
+
+def configured_judge(config: RunConfig, rd: RunDir, scores: dict) -> CachedJudge:
+    """`default_ranker` behind a content cache; a judge that is θ_0 (`ranking.model: policy`)
+    is known by θ_0's identity, any other by its settings."""
+    identity = {"ranking": config.ranking.model_dump(mode="json"),
+                "policy": model_identity(rd, 0) if config.ranking.model == "policy" else None}
+    return CachedJudge(lambda: default_ranker(config, rd), json.dumps(identity, sort_keys=True),
+                       scores)
+
+
 def vs_base_win_rates(variants: list[Variant], config: RunConfig, *, ranker=None,
-                      generate_fn=None) -> dict[str, Any]:
+                      generate_fn=None, judgements: dict | None = None) -> dict[str, Any]:
     """Every committed θ_t (t ≥ 1) of every variant judged against θ_0 on common prompts.
 
     Returns the settings used and, per variant, its comparisons (as in `eval.json`) and the mean
-    answer length of each of its models on the held-out prompts.
+    answer length of each of its models on the held-out prompts. `judgements` is the
+    configured judge's score cache (see CachedJudge), updated in place.
     """
     first = variants[0].rd
     prompts, source = heldout_prompts(config, first, [v.rd for v in variants[1:]])
     generate_fn = generate_fn or default_generate(config)
     bases: dict[str | None, tuple[str, pd.DataFrame]] = {}
     out: dict[str, Any] = {}
-    judge = None
+    judge = ranker or configured_judge(config, first, {} if judgements is None else judgements)
     for v in variants:
         models = committed_models(v.rd)
         if 0 not in models or len(models) < 2:
@@ -74,7 +114,6 @@ def vs_base_win_rates(variants: list[Variant], config: RunConfig, *, ranker=None
         for it in models[1:]:
             responses[it] = model_responses(config, v.rd, it, prompts,
                                             generate_fn).set_index("prompt_id")
-        judge = judge or ranker or default_ranker(config, first)
         out[v.name] = {
             "comparisons": [_compare_pair(config, judge, prompts, responses, it, 0, "vs_base")
                             for it in models[1:]],

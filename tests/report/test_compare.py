@@ -17,6 +17,7 @@ from aipo_ray.models import POINTER
 from aipo_ray.report.compare import compare_runs
 from aipo_ray.storage.checkpoint import COMMITTED
 
+from . import judges
 from .checks import assert_compare_row_matches_parquet
 from .runs import build_run
 from .test_report import embedded_sections, missing_sections, non_blank
@@ -25,7 +26,8 @@ DATA_PLOTS = {"lengths", "reference", "training"}
 EVAL_PLOTS = {"win_rate", "length_vs_lc"}
 
 
-def build_sweep(tmp_path: Path, names=("dpo", "aipo"), models: bool = False) -> list[str]:
+def build_sweep(tmp_path: Path, names=("dpo", "aipo"), models: bool = False,
+                base: str = "builtin:smollm2-135m-instruct") -> list[str]:
     """Hand-made variants under one sweep root (with sweep.json), each with its own tables;
     `models` adds a θ_0 pointer (the same base for all) and two committed models per variant."""
     root = tmp_path / "sweep"
@@ -33,7 +35,7 @@ def build_sweep(tmp_path: Path, names=("dpo", "aipo"), models: bool = False) -> 
     for k, name in enumerate(names):
         rd = build_run(str(root / name), iterations=2, seed=10 * k)
         if models:
-            rd.write_json(f"models/iter_000/{POINTER}", {"path": "builtin:smollm2-135m-instruct"})
+            rd.write_json(f"models/iter_000/{POINTER}", {"path": base})
             for it in (1, 2):
                 rd.write_json(f"models/iter_00{it}/{COMMITTED}", {"sha256": f"{name} θ_{it}"})
         dirs.append(rd.uri)
@@ -91,11 +93,17 @@ def _responses(run: str, it: int) -> pd.DataFrame:
     return pd.read_parquet(f"{run}/eval/responses/iter_{it:03d}").set_index("prompt_id")
 
 
-def test_win_rates_vs_one_base_answered_once_on_common_prompts_from_the_eval_cache(tmp_path):
-    dirs = build_sweep(tmp_path, models=True)
+def test_win_rates_vs_one_base_answered_once_on_common_prompts_from_the_eval_cache(
+        tmp_path, tiny_llama_path):
+    dirs = build_sweep(tmp_path, models=True, base=tiny_llama_path)
     calls = Counter()
-    result = compare_runs(dirs, overrides=["eval.num_prompts=6"], ranker=LongerWins(),
+    judge = ["ranking.backend=callable",
+             "ranking.callable=tests.report.judges:counted_longer_is_better"]
+    judges.CALLS.clear()
+    result = compare_runs(dirs, overrides=["eval.num_prompts=6", *judge],
                           generate_fn=fake_generate(calls))
+    # 2 variants × 2 models × 6 prompts, each judged in both orders
+    assert len(judges.CALLS) == 2 * 2 * 6 * 2
     # θ_0 answered once for both variants, in the first run's eval cache; every θ_t once
     assert calls == Counter({f"{dirs[0]}/models/iter_000": 1, **{
         f"{d}/models/iter_00{it}": 1 for d in dirs for it in (1, 2)}})
@@ -119,9 +127,14 @@ def test_win_rates_vs_one_base_answered_once_on_common_prompts_from_the_eval_cac
     def must_not_generate(prompts, model_uri):
         raise AssertionError(f"regenerated {model_uri} although its answers are cached")
 
-    again = compare_runs(dirs, overrides=["eval.num_prompts=6"], ranker=LongerWins(),
+    again = compare_runs(dirs, overrides=["eval.num_prompts=6", *judge],
                          generate_fn=must_not_generate)
     assert again["variants"] == result["variants"]
+    assert len(judges.CALLS) == 2 * 2 * 6 * 2  # every judgement from <output>/judgements.json
+    # a judge given as an object has no identity to cache under: it is always asked
+    third = compare_runs(dirs, overrides=["eval.num_prompts=6"], ranker=LongerWins(),
+                         generate_fn=must_not_generate)
+    assert third["variants"] == result["variants"]
 
 
 def test_cli_compare_writes_to_the_sweep_root_or_asks_for_output(tmp_path, capsys):
