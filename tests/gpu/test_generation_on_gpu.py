@@ -15,9 +15,9 @@ from aipo_ray.config import GenerationConfig
 from aipo_ray.generation import generate
 from tests.generation.test_hf_generation import PROMPTS
 
-from .conftest import GPU, gpu_memory_used_mib
+from .conftest import GPU, NEEDS_RAY, NEEDS_VLLM, gpu_memory_used_mib
 
-pytestmark = GPU
+pytestmark = [*GPU, NEEDS_RAY, NEEDS_VLLM]
 
 MAX_TOKENS = 24
 # Plain vLLM in its own process (it must not hold the GPU while the test's engines start): the

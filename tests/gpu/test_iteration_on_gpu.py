@@ -13,9 +13,9 @@ from aipo_ray.storage import RunDir
 from aipo_ray.storage.checkpoint import verify_checkpoint
 from tests.e2e.conftest import tiny_run_config
 
-from .conftest import GPU
+from .conftest import GPU, NEEDS_RAY, NEEDS_VLLM
 
-pytestmark = GPU
+pytestmark = [*GPU, NEEDS_RAY, NEEDS_VLLM]
 
 
 def test_one_iteration_with_use_gpu_commits_a_trained_model(gpu_ray, tiny_llama_path, tmp_path):

@@ -20,7 +20,7 @@ from aipo_ray.training.reference import compute_ref_logps
 from tests.ranking.test_pairrm_on_cpu import CANDIDATES, PROMPTS
 from tests.training.test_trainer_on_cpu import make_pairs
 
-from .conftest import GPU
+from .conftest import GPU, NEEDS_RAY
 
 pytestmark = GPU
 
@@ -53,6 +53,7 @@ def _ref_logps(model: str, gpus: float, dtype: str) -> pa.Table:
     return compute_ref_logps(config, make_pairs(), model)
 
 
+@NEEDS_RAY
 @pytest.mark.parametrize(("dtype", "rtol", "atol"), [("float32", 1e-3, 1e-3),
                                                       ("auto", 0.02, 0.5)])
 def test_reference_logps_on_gpu_equal_cpu(gpu_ray, smollm2_path, dtype, rtol, atol):

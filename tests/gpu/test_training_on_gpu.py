@@ -21,9 +21,9 @@ from aipo_ray.storage.checkpoint import verify_checkpoint
 from aipo_ray.training.reference import compute_ref_logps
 from aipo_ray.training.trainer import train_policy
 
-from .conftest import GPU
+from .conftest import GPU, NEEDS_RAY
 
-pytestmark = GPU
+pytestmark = [*GPU, NEEDS_RAY]
 
 LOSS_ATOL = 0.02
 LOGPS_RTOL = 0.02
