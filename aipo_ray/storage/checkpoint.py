@@ -11,6 +11,10 @@ The commit protocol (DESIGN.md "Contracts between stages"):
 A reader trusts a checkpoint only after `verify_checkpoint`: `_COMMITTED` exists and every file of
 the manifest is present with its size and sha256. A crash anywhere before step 4 leaves a
 directory that every loader refuses; a crash before step 5 leaves the previous `LATEST` in place.
+
+The trainer runs steps 1-4 once, into its staging directory; the commit stage then promotes that
+checkpoint to `models/iter_NNN` without writing its bytes again (promote.py: a rename locally, a
+server-side copy on S3), keeping the manifest's bytes and so the model's identity.
 """
 
 from __future__ import annotations
@@ -76,11 +80,26 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
     return json.dumps(manifest, indent=2, sort_keys=True).encode()
 
 
-def upload_checkpoint(
-    local_dir: str | Path, uri: str, storage: StorageConfig | None = None
-) -> dict[str, Any]:
-    """Upload a local model directory to `uri` and commit it (steps 1-4). Returns the manifest."""
-    manifest = build_manifest(local_dir)
+def marker_bytes(manifest_body: bytes, etags: dict[str, str] | None = None) -> bytes:
+    """The bytes of `_COMMITTED`: the manifest's sha256 and, on S3, every object's ETag.
+
+    The ETags let the commit stage check a staged model without reading it back (an object
+    overwritten or truncated since its upload has another ETag); the identity stays the
+    manifest's sha256 alone.
+    """
+    marker: dict[str, Any] = {"manifest_sha256": hashlib.sha256(manifest_body).hexdigest()}
+    if etags:
+        marker["etags"] = etags
+    return json.dumps(marker, sort_keys=True).encode()
+
+
+def write_checkpoint(uri: str, manifest: dict[str, Any], transfer, storage: StorageConfig | None,
+                     body: bytes | None = None) -> None:
+    """Steps 1-4 of the protocol at `uri`; `transfer(rel, fs, target_path)` writes one file.
+
+    `body` is the manifest's exact bytes when they must be kept (a promoted checkpoint keeps
+    its identity); by default they are `manifest_bytes(manifest)`.
+    """
     fs, root = filesystem(uri, storage)
     root = root.rstrip("/")
 
@@ -92,20 +111,39 @@ def upload_checkpoint(
         log.warning("%s: overwriting a committed checkpoint; invalidating it first", uri)
         call(lambda: fs.rm_file(committed), "remove stale _COMMITTED")
     call(lambda: fs.makedirs(root, exist_ok=True), "mkdir")
+    etags = {}
     for entry in manifest["files"]:
         rel = entry["path"]
         target = posixpath.join(root, rel)
         call(lambda t=target: fs.makedirs(posixpath.dirname(t), exist_ok=True), f"mkdir {rel}")
-        call(lambda r=rel, t=target: fs.put_file(str(Path(local_dir) / r), t), f"upload {rel}")
-        size = call(lambda t=target: fs.info(t)["size"], f"stat {rel}")
-        if size != entry["size"]:
-            raise CheckpointError(f"{uri}/{rel}: uploaded {size} bytes, expected {entry['size']}")
-    body = manifest_bytes(manifest)
+        call(lambda r=rel, t=target: transfer(r, fs, t), f"write {rel}")
+        info = call(lambda t=target: fs.info(t), f"stat {rel}")
+        if info["size"] != entry["size"]:
+            raise CheckpointError(f"{uri}/{rel}: wrote {info['size']} bytes, expected {entry['size']}")
+        if is_remote(uri) and info.get("ETag"):
+            etags[rel] = info["ETag"]
+    body = body if body is not None else manifest_bytes(manifest)
     call(lambda: fs.pipe_file(posixpath.join(root, MANIFEST), body), "write manifest.json")
-    marker = json.dumps({"manifest_sha256": hashlib.sha256(body).hexdigest()}).encode()
-    call(lambda: fs.pipe_file(committed, marker), "write _COMMITTED")
+    call(lambda: fs.pipe_file(committed, marker_bytes(body, etags)), "write _COMMITTED")
     log.info("committed %d files to %s", len(manifest["files"]), uri)
+
+
+def upload_checkpoint(
+    local_dir: str | Path, uri: str, storage: StorageConfig | None = None
+) -> dict[str, Any]:
+    """Upload a local model directory to `uri` and commit it (steps 1-4). Returns the manifest."""
+    manifest = build_manifest(local_dir)
+    write_checkpoint(uri, manifest,
+                     lambda rel, fs, target: fs.put_file(str(Path(local_dir) / rel), target),
+                     storage)
     return manifest
+
+
+def move_latest(run_dir: RunDir, iteration: int) -> None:
+    """Step 5: `LATEST` names θ_iteration (only ever after its `_COMMITTED`)."""
+    name = iteration_name(iteration)
+    with_retries(lambda: run_dir.fs.pipe_file(run_dir.path(LATEST), name.encode()),
+                 f"move {run_dir.uri_of(LATEST)}", run_dir.storage)
 
 
 def commit_checkpoint(local_dir: str | Path, run_dir: RunDir, iteration: int) -> str:
@@ -116,9 +154,7 @@ def commit_checkpoint(local_dir: str | Path, run_dir: RunDir, iteration: int) ->
     """
     uri = run_dir.model_uri(iteration)
     upload_checkpoint(local_dir, uri, run_dir.storage)
-    name = iteration_name(iteration)
-    with_retries(lambda: run_dir.fs.pipe_file(run_dir.path(LATEST), name.encode()),
-                 f"move {run_dir.uri_of(LATEST)}", run_dir.storage)
+    move_latest(run_dir, iteration)
     return uri
 
 

@@ -187,7 +187,8 @@ def test_damaged_staged_model_sends_the_resumed_iteration_back_to_train(
     records = run_iteration([StagedTrain(staged), CommitStage()], ctx)
     assert not records["train"].get("skipped") and not records["commit"].get("skipped")
     assert records["train"]["finished_at"] >= first_train["finished_at"]
-    verify_checkpoint(ctx.run_dir.staged_model_uri(ctx.iteration), storage)
+    left = rd.fs.find(rd.path("iter_002/train/model"), detail=True).values()
+    assert all(e["type"] == "directory" for e in left)  # promoted: no staged copy left
     verify_checkpoint(ctx.output_model_uri, storage)
     assert rd.latest_model() == "iter_002"
 

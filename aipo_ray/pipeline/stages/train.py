@@ -2,7 +2,8 @@
 
 Writes `train/metrics.jsonl` (one line per optimizer step) and the trained model, with its
 manifest and `_COMMITTED`, to `train/model/` inside the run directory: a driver crash after
-this stage costs only the commit, which re-verifies and copies it.
+this stage costs only the commit, which re-verifies it and renames it (or copies it
+server-side on S3) to `models/iter_NNN`.
 """
 
 from __future__ import annotations
