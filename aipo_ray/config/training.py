@@ -52,6 +52,25 @@ class LossConfig(StrictModel):
         return {**loss_defaults(self.name), **self.hparams}
 
 
+class LoraConfig(StrictModel):
+    """Low-rank adapters (peft) instead of full fine-tuning; rank 0 trains every weight.
+
+    Each iteration starts new adapters on θ_t and the commit merges them, so θ_{t+1} is a plain
+    checkpoint (transformers, vLLM) and the reference stays θ_t's precomputed log-probs.
+    """
+
+    rank: int = Field(default=0, ge=0, description="adapter rank r; 0: full fine-tuning")
+    alpha: float = Field(default=16.0, gt=0, description="scaling α (updates scaled by α / r)")
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default="all-linear", description="module names to adapt, or every linear layer "
+        "but the output head")
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+
 class TrainingConfig(StrictModel):
     """Ray Train + FSDP2. Global batch = micro_batch_size × grad accumulation × num_workers."""
 
@@ -75,6 +94,10 @@ class TrainingConfig(StrictModel):
         default="auto", description="auto: bf16 params + fp32 reduce on GPU, fp32 on CPU"
     )
     gradient_checkpointing: bool = False
+    packing: bool = Field(
+        default=False, description="padding-free micro-batches: the pairs' sequences back to "
+        "back in one row, position ids reset per sequence (no compute on padding)")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
     cpu_offload: bool = False
     logps_chunk_size: int = Field(default=1024, ge=1, description="tokens per log-softmax chunk")
     checkpoint_every_steps: int = Field(

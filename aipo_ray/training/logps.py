@@ -21,9 +21,10 @@ def _token_logps(lm_head: nn.Module, hidden: Tensor, targets: Tensor) -> Tensor:
 
 
 def gather_response_logps(
-    hidden: Tensor, input_ids: Tensor, response_mask: Tensor, lm_head: nn.Module, chunk_size: int
+    hidden: Tensor, input_ids: Tensor, response_mask: Tensor, lm_head: nn.Module, chunk_size: int,
+    sequence_ids: Tensor | None = None, num_sequences: int | None = None,
 ) -> Tensor:
-    """[N] sum over response tokens of log p(token | prefix).
+    """[S] sum over each sequence's response tokens of log p(token | prefix).
 
     Args:
         hidden: [N, L, H] final hidden states (after the last norm).
@@ -31,8 +32,12 @@ def gather_response_logps(
         response_mask: [N, L] 1 on response tokens.
         lm_head: the output projection.
         chunk_size: response tokens per lm_head/log-softmax call.
+        sequence_ids: [N, L] the sequence each position belongs to (packed rows hold several);
+            None: sequence i is row i and S = N.
+        num_sequences: S when `sequence_ids` is given.
     """
-    # Position t predicts token t+1; response tokens never sit at position 0 (a prompt precedes).
+    # Position t predicts token t+1; response tokens never sit at position 0 of their sequence
+    # (a prompt precedes), so t is always in the sequence of t+1.
     mask = response_mask[:, 1:].bool()
     rows, cols = mask.nonzero(as_tuple=True)
     selected = hidden[:, :-1][rows, cols]  # [T, H]
@@ -45,8 +50,12 @@ def gather_response_logps(
         else:
             pieces.append(_token_logps(lm_head, h, t))
     token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
-    out = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device)
-    return out.index_add(0, rows, token_logps)
+    if sequence_ids is None:
+        owner, size = rows, hidden.shape[0]
+    else:
+        owner, size = sequence_ids[:, 1:][rows, cols], num_sequences
+    out = torch.zeros(size, dtype=torch.float32, device=hidden.device)
+    return out.index_add(0, owner, token_logps)
 
 
 def full_vocab_response_logps(logits: Tensor, input_ids: Tensor, response_mask: Tensor) -> Tensor:
@@ -72,15 +81,22 @@ class SequenceLogps(nn.Module):
     def decoder(self) -> nn.Module:
         return self.causal_lm.get_decoder()
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor) -> Tensor:
-        hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask,
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor,
+                position_ids: Tensor | None = None, sequence_ids: Tensor | None = None,
+                num_sequences: int | None = None) -> Tensor:
+        # Packed rows: no attention mask, so transformers derives the block-diagonal causal mask
+        # from the position ids restarting at 0 (its padding-free path).
+        hidden = self.decoder(input_ids=input_ids, position_ids=position_ids,
+                              attention_mask=None if position_ids is not None else attention_mask,
                               use_cache=False).last_hidden_state
         lm_head = self.causal_lm.get_output_embeddings()
-        return gather_response_logps(hidden, input_ids, response_mask, lm_head, self.chunk_size)
+        return gather_response_logps(hidden, input_ids, response_mask, lm_head, self.chunk_size,
+                                     sequence_ids, num_sequences)
 
     def pair_logps(self, batch: PairBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(chosen_logps [B], rejected_logps [B], chosen_len [B], rejected_len [B]) in one forward."""
-        logps = self(batch.input_ids, batch.attention_mask, batch.response_mask)
-        lengths = batch.response_mask.sum(-1)
+        logps = self(batch.input_ids, batch.attention_mask, batch.response_mask,
+                     batch.position_ids, batch.sequence_ids, batch.num_sequences)
+        lengths = batch.response_lengths()
         b = batch.num_pairs
         return logps[:b], logps[b:], lengths[:b], lengths[b:]

@@ -88,3 +88,62 @@ def test_concatenated_padded_forward_equals_one_sequence_at_a_time(tokenizer, mo
             torch.testing.assert_close(chosen[i], alone[0][0], rtol=1e-5, atol=1e-4)
             torch.testing.assert_close(rejected[i], alone[1][0], rtol=1e-5, atol=1e-4)
             assert chosen_len[i] == len(p.chosen) and rejected_len[i] == len(p.rejected)
+
+
+def test_packed_pairs_are_one_row_with_positions_reset_per_sequence(tokenizer):
+    enc = PairEncoder(tokenizer, 512, 512)
+    pairs = enc.encode_many(["Hi", "Why?"], ["Hello.", "Because."], ["Go.", "No idea at all."])
+    batch = collate_pairs(pairs, enc.pad_token_id, packed=True)
+    seqs = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
+    lengths = [len(a) + len(b) for a, b in seqs]
+    assert batch.input_ids.shape == (1, sum(lengths)) and batch.num_pairs == 2
+    assert batch.input_ids[0].tolist() == [t for a, b in seqs for t in a + b]  # no padding
+    assert batch.position_ids[0].tolist() == [i for n in lengths for i in range(n)]
+    assert batch.sequence_ids[0].tolist() == [k for k, n in enumerate(lengths) for _ in range(n)]
+    assert batch.response_lengths().tolist() == [len(b) for _, b in seqs]
+
+
+def _packed_vs_padded(model, pairs, pad_token_id):
+    """(padded, packed) pair_logps outputs and lm_head/first-layer gradients, in fp32."""
+    scorer = SequenceLogps(model, chunk_size=7)
+    out = []
+    for packed in (False, True):
+        model.zero_grad(set_to_none=True)
+        chosen, rejected, c_len, r_len = scorer.pair_logps(
+            collate_pairs(pairs, pad_token_id, packed=packed))
+        (chosen.sum() - 0.5 * rejected.sum()).backward()
+        grads = [p.grad.clone() for p in (model.lm_head.weight,
+                                          model.model.layers[0].self_attn.q_proj.weight)]
+        out.append((chosen.detach(), rejected.detach(), c_len, r_len, grads))
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def _length_skewed_pairs(enc):
+    return enc.encode_many(
+        ["Short?", "A much longer prompt with a good many more words in it, to skew lengths?"],
+        ["A fairly long chosen answer, with several clauses, and words, and more words.", "Ok."],
+        ["No.", "Nope, nope, and a little more nope for good measure."])
+
+
+def test_packed_logps_and_grads_equal_padded_in_fp32(tokenizer, model):
+    padded, packed = _packed_vs_padded(model, _length_skewed_pairs(PairEncoder(tokenizer, 512, 512)),
+                                       tokenizer.pad_token_id)
+    for a, b in zip(padded[:2], packed[:2], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    assert torch.equal(padded[2], packed[2]) and torch.equal(padded[3], packed[3])
+    for a, b in zip(padded[4], packed[4], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_packed_logps_equal_padded_on_smollm2(smollm2_path):
+    tok = AutoTokenizer.from_pretrained(smollm2_path)
+    smol = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32)
+    enc = PairEncoder(tok, 512, 512)
+    scorer = SequenceLogps(smol, chunk_size=64).eval()
+    with torch.no_grad():
+        padded = scorer.pair_logps(collate_pairs(_length_skewed_pairs(enc), enc.pad_token_id))
+        packed = scorer.pair_logps(collate_pairs(_length_skewed_pairs(enc), enc.pad_token_id,
+                                                 packed=True))
+    for a, b in zip(padded[:2], packed[:2], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
