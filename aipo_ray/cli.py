@@ -190,8 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("compare", help="variants side by side: lengths, s_ref, win rates vs "
                         "θ_0, training curves (HTML, PNG, compare.json)")
-    sp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR [key.sub=value]",
-                    help="run directories, then overrides for the win rates (eval.*, ranking.*)")
+    sp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                    help="run directories or a sweep root, then key.sub=value overrides for the "
+                    "win rates (eval.*, ranking.*)")
     sp.add_argument("--output", help="where to write (default: the sweep root's compare/)")
     sp.add_argument("--no-eval", action="store_true", help="data only: no generation, no judge")
     sp.set_defaults(fn=cmd_compare, overrides=[])
