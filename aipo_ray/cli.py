@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from aipo_ray.config import ConfigError, load_config
@@ -44,6 +45,29 @@ def _check_resources_on(address: str, config) -> int:
         ray.shutdown()
     print("\n".join(check.describe() for check in checks))
     return 0
+
+
+def cmd_plan(args) -> int:
+    """Per stage: what it starts, what each member asks, where one fits; exit 2 if never."""
+    from aipo_ray import resource_plan
+
+    config = load_config(args.config, args.overrides)
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        import ray
+
+        from aipo_ray.resources import autoscaling_node_types
+
+        ray.init(address=address, log_to_driver=False)
+        try:
+            nodes, autoscaling = ray.nodes(), autoscaling_node_types()
+        finally:
+            ray.shutdown()
+    else:
+        nodes, autoscaling = resource_plan.local_nodes(config), False
+    plans = resource_plan.plan(config, nodes, autoscaling)
+    print(resource_plan.format_plan(plans, nodes, resource_plan.iteration_gpu_hours(config)))
+    return 2 if resource_plan.infeasible(plans) else 0
 
 
 def cmd_run(args) -> int:
@@ -177,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "cluster instead (exit 2 when one can never be met)")
     overrides(sp)
     sp.set_defaults(fn=cmd_validate)
+
+    sp = sub.add_parser("plan", help="per stage: actors/workers, their resource asks, where they "
+                        "fit, GPU-hours of an iteration (exit 2 if an ask can never be met)")
+    sp.add_argument("config")
+    sp.add_argument("--address", help="a running Ray cluster (default: RAY_ADDRESS, else this "
+                    "machine as `aipo run` would start Ray on it)")
+    overrides(sp)
+    sp.set_defaults(fn=cmd_plan)
 
     sp = sub.add_parser("report", help="HTML page + PNG plots of a run (works while it runs)")
     sp.add_argument("run_dir")
