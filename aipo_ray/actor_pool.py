@@ -116,11 +116,17 @@ def to_arrow(out: Any, schema: pa.Schema | None = None) -> pa.Table:
     return table.select(schema.names).cast(schema)
 
 
+def as_table(block: Any) -> pa.Table:
+    """A Ray Data block (Arrow, or pandas when a stage produced one) as an Arrow table."""
+    return block if isinstance(block, pa.Table) else pa.Table.from_pandas(block,
+                                                                          preserve_index=False)
+
+
 def collect(ds: ray.data.Dataset, schema: pa.Schema) -> pa.Table:
     """A small Dataset as one table on the caller (API and tests; stages write shards instead)."""
     import ray
 
-    blocks = [b for b in ray.get(output_refs(ds)) if b.num_rows]
+    blocks = [t for t in map(as_table, ray.get(output_refs(ds))) if t.num_rows]
     if not blocks:
         return schema.empty_table()
     return to_arrow(pa.concat_tables(blocks, promote_options="default"), schema)
@@ -213,6 +219,7 @@ def _ids_in(refs: list) -> set[str]:
 def _prompt_ids_of_blocks(*blocks: pa.Table) -> list[str]:
     import pyarrow.compute as pc
 
-    return sorted({p for b in blocks if b.num_rows
-                   for p in pc.unique(b.column("prompt_id")).to_pylist()})
+    tables = [as_table(b) for b in blocks]
+    return sorted({p for t in tables if t.num_rows
+                   for p in pc.unique(t.column("prompt_id")).to_pylist()})
 

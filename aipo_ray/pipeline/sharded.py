@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from aipo_ray.actor_pool import Stall, output_refs
+from aipo_ray.actor_pool import Stall, as_table, output_refs
 from aipo_ray.storage import RunDir, with_retries
 from aipo_ray.storage import shards as layout
 from aipo_ray.storage.tables import part_name, write_table
@@ -127,9 +127,7 @@ def _writer():
 def write_shard(rd: RunDir, directory: str, k: int, ids: list[str], finish: Finish,
                 schema: pa.Schema, *blocks: Any) -> dict[str, float]:
     """In a Ray task: one shard's output blocks → sorted, checked part file; returns its counts."""
-    tables = [b if isinstance(b, pa.Table) else pa.Table.from_pandas(b, preserve_index=False)
-              for b in blocks]
-    tables = [t for t in tables if t.num_rows]
+    tables = [t for t in map(as_table, blocks) if t.num_rows]
     if not tables:
         raise RuntimeError(f"{directory}: shard {k} ({len(ids)} prompts from {ids[0]}) produced "
                            "no rows; the pool returned nothing for it (see the actors' logs)")
