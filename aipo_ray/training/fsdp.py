@@ -29,6 +29,12 @@ def decoder_layers(causal_lm: nn.Module) -> list[nn.Module]:
     raise ValueError(f"{type(causal_lm).__name__}: cannot find its decoder layers to shard")
 
 
+def wraps(cfg: TrainingConfig, world: int, device: torch.device, param_dtype: torch.dtype) -> bool:
+    """Whether `shard_model` applies FSDP2 (all but one fp32 worker without offload)."""
+    offload = cfg.cpu_offload and device.type == "cuda"
+    return not (world == 1 and param_dtype == torch.float32 and not offload)
+
+
 def shard_model(model: nn.Module, causal_lm: nn.Module, cfg: TrainingConfig,
                 device: torch.device, param_dtype: torch.dtype) -> nn.Module:
     """Apply `fully_shard` to every decoder layer of `causal_lm`, then to `model` (the root).
@@ -52,7 +58,7 @@ def shard_model(model: nn.Module, causal_lm: nn.Module, cfg: TrainingConfig,
     if cfg.gradient_checkpointing:
         causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     causal_lm.config.use_cache = False
-    if world == 1 and param_dtype == torch.float32 and not offload:
+    if not wraps(cfg, world, device, param_dtype):
         return model.to(device)
     mesh = init_device_mesh(device.type, (world,))
     kwargs: dict = {"mesh": mesh}
@@ -63,7 +69,8 @@ def shard_model(model: nn.Module, causal_lm: nn.Module, cfg: TrainingConfig,
     for layer in decoder_layers(causal_lm):
         fully_shard(layer, **kwargs)
     fully_shard(model, **kwargs)
-    if device.type == "cuda" and not offload:
+    on_meta = any(p.is_meta for p in model.parameters())  # sharded_load materialises them
+    if device.type == "cuda" and not offload and not on_meta:
         model.to(device)
     return model
 

@@ -16,10 +16,13 @@ import torch.distributed as dist
 
 from aipo_ray.config import RunConfig
 from aipo_ray.losses import PairLogps, PreferenceLoss, build_loss
+from aipo_ray.models import load_causal_lm, load_tokenizer, resolve_model_path
+from aipo_ray.models.loading import trust_remote_code
 
 from .batching import EncodedPair, PairEncoder, collate_pairs
-from .fsdp import clip_grad_norm, full_state_dict, set_gradient_sync, shard_model
+from .fsdp import clip_grad_norm, full_state_dict, set_gradient_sync, shard_model, wraps
 from .logps import SequenceLogps
+from .lora import apply_lora, merge_lora_state, trainable_parameters
 from .metrics import (
     MetricsLog,
     gather_pair_records,
@@ -27,9 +30,10 @@ from .metrics import (
     step_loss_metrics,
     sum_across_workers,
 )
-from .model_io import compute_dtype, load_policy, make_encoder
+from .model_io import compute_dtype, make_encoder
 from .optim import build_optimizer, build_scheduler
 from .plan import BatchPlan
+from .sharded_load import empty_causal_lm, has_safetensors, load_sharded_weights
 
 log = logging.getLogger(__name__)
 TRAINER_STATE = "trainer_state.json"
@@ -62,35 +66,68 @@ class Worker:
         return self.encoded[i]
 
 
+def _policy(config: RunConfig, policy_uri: str, world: int, device: torch.device,
+            param_dtype: torch.dtype):
+    """(tokenizer, causal LM, SequenceLogps model, parameter count) of θ_t on this rank.
+
+    Where FSDP2 shards the model (and without LoRA, whose adapters are initialised on a full
+    model), each rank builds it on the meta device and reads only its shards (sharded_load).
+    """
+    t = config.training
+    model_dir = resolve_model_path(policy_uri, config.storage)  # verified once, here
+    tokenizer = load_tokenizer(config.model, model_dir, config.storage)
+    if wraps(t, world, device, param_dtype) and not t.lora.enabled and has_safetensors(model_dir):
+        causal_lm = empty_causal_lm(model_dir, trust_remote_code(config.model))
+        num_params = sum(p.numel() for p in causal_lm.parameters())
+        model = SequenceLogps(causal_lm, t.logps_chunk_size)
+        shard_model(model, causal_lm, t, device, param_dtype)
+        offload = t.cpu_offload and device.type == "cuda"
+        load_sharded_weights(causal_lm, model_dir, torch.device("cpu") if offload else device)
+        return tokenizer, causal_lm, model, num_params
+    causal_lm = load_causal_lm(config.model, model_dir, torch.float32)  # fp32 master weights
+    num_params = sum(p.numel() for p in causal_lm.parameters())
+    if t.lora.enabled:
+        causal_lm = apply_lora(causal_lm, t.lora, t.seed)
+    model = SequenceLogps(causal_lm, t.logps_chunk_size)
+    shard_model(model, causal_lm, t, device, param_dtype)
+    return tokenizer, causal_lm, model, num_params
+
+
+def build_worker(config: RunConfig, table: pa.Table, policy_uri: str, rank: int, world: int,
+                 device: torch.device) -> Worker:
+    """One rank's model (LoRA adapters if configured, FSDP2 where it applies), optimizer and plan.
+
+    Needs an initialised process group (Ray Train's, or a 1-rank one in tests and benchmarks).
+    """
+    t = config.training
+    torch.manual_seed(t.seed)
+    param_dtype = compute_dtype(config, device.type == "cuda")
+    tokenizer, causal_lm, model, num_params = _policy(config, policy_uri, world, device,
+                                                      param_dtype)
+    model.train()
+    plan = BatchPlan(table.num_rows, t.global_batch_size, t.micro_batch_size, world,
+                     t.num_epochs, t.seed)
+    optimizer = build_optimizer(trainable_parameters(model), t)
+    return Worker(
+        config=config, rank=rank, world=world, device=device,
+        model=model, causal_lm=causal_lm, tokenizer=tokenizer,
+        encoder=make_encoder(config, tokenizer), optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, t, plan.total_steps),
+        loss_fn=build_loss(config.loss.name, **config.loss.resolved_hparams()), plan=plan,
+        columns=table.to_pydict(), num_params=num_params,
+    )
+
+
 def _setup(loop_cfg: dict) -> Worker:
     import ray.train
     import ray.train.torch
 
-    config: RunConfig = loop_cfg["config"]
     ctx = ray.train.get_context()
     device = ray.train.torch.get_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)  # the device mesh and NCCL use the current device
-    torch.manual_seed(config.training.seed)
-    param_dtype = compute_dtype(config, device.type == "cuda")
-    _, tokenizer, causal_lm = load_policy(config, loop_cfg["policy_uri"], torch.float32)
-    num_params = sum(p.numel() for p in causal_lm.parameters())
-    model = SequenceLogps(causal_lm, config.training.logps_chunk_size)
-    shard_model(model, causal_lm, config.training, device, param_dtype)
-    model.train()
-    table: pa.Table = ray.get(loop_cfg["table"])
-    plan = BatchPlan(table.num_rows, config.training.global_batch_size,
-                     config.training.micro_batch_size, ctx.get_world_size(),
-                     config.training.num_epochs, config.training.seed)
-    optimizer = build_optimizer(model.parameters(), config.training)
-    return Worker(
-        config=config, rank=ctx.get_world_rank(), world=ctx.get_world_size(), device=device,
-        model=model, causal_lm=causal_lm, tokenizer=tokenizer,
-        encoder=make_encoder(config, tokenizer), optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, config.training, plan.total_steps),
-        loss_fn=build_loss(config.loss.name, **config.loss.resolved_hparams()), plan=plan,
-        columns=table.to_pydict(), num_params=num_params,
-    )
+    return build_worker(loop_cfg["config"], ray.get(loop_cfg["table"]), loop_cfg["policy_uri"],
+                        ctx.get_world_rank(), ctx.get_world_size(), device)
 
 
 def _micro_step(w: Worker, micro: list[tuple[int, float]], scale: float, sync: bool):
@@ -98,7 +135,8 @@ def _micro_step(w: Worker, micro: list[tuple[int, float]], scale: float, sync: b
     idx = [i for i, _ in micro]
     weights = torch.tensor([wt for _, wt in micro], dtype=torch.float32, device=w.device)
     pairs = [w.pair(i) for i in idx]
-    batch = collate_pairs(pairs, w.encoder.pad_token_id).to(w.device)
+    batch = collate_pairs(pairs, w.encoder.pad_token_id,
+                          packed=w.config.training.packing).to(w.device)
     set_gradient_sync(w.model, sync)
     chosen, rejected, chosen_len, rejected_len = w.model.pair_logps(batch)
     ref = None
@@ -193,10 +231,16 @@ def _restore(w: Worker) -> int:
 
 
 def _save_final(w: Worker, output_uri: str) -> None:
-    """Gather the full state dict; rank 0 saves safetensors + tokenizer and uploads with a manifest."""
+    """Gather the full state dict; rank 0 saves safetensors + tokenizer and uploads with a manifest.
+
+    This is the model's only upload: the commit stage renames (or copies server-side) it.
+    """
     from aipo_ray.storage.checkpoint import upload_checkpoint
 
     state = full_state_dict(w.causal_lm)
+    lora = w.config.training.lora
+    if w.rank == 0 and lora.enabled:  # θ_{t+1} is a plain checkpoint: adapters merged
+        state = merge_lora_state(state, lora)
     if w.rank == 0:
         with tempfile.TemporaryDirectory(prefix="aipo-model-") as staging:
             w.causal_lm.save_pretrained(staging, state_dict=state, safe_serialization=True)
