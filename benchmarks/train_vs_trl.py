@@ -87,29 +87,9 @@ def build_worker(config, table, model_uri: str = MODEL, device: str = "cpu"):
     """What `loop._setup` builds on a Ray Train worker, on a 1-rank process group."""
     import torch
 
-    from aipo_ray.losses import build_loss
-    from aipo_ray.training.fsdp import shard_model
-    from aipo_ray.training.logps import SequenceLogps
-    from aipo_ray.training.loop import Worker
-    from aipo_ray.training.model_io import compute_dtype, load_policy, make_encoder
-    from aipo_ray.training.optim import build_optimizer, build_scheduler
-    from aipo_ray.training.trainer import batch_plan
+    from aipo_ray.training.loop import build_worker as worker
 
-    torch.manual_seed(config.training.seed)
-    dev = torch.device(device)
-    _, tokenizer, causal_lm = load_policy(config, model_uri, torch.float32)
-    model = SequenceLogps(causal_lm, config.training.logps_chunk_size)
-    shard_model(model, causal_lm, config.training, dev, compute_dtype(config, dev.type == "cuda"))
-    model.train()
-    plan = batch_plan(config, table.num_rows)
-    optimizer = build_optimizer(model.parameters(), config.training)
-    return Worker(
-        config=config, rank=0, world=1, device=dev, model=model,
-        causal_lm=causal_lm, tokenizer=tokenizer, encoder=make_encoder(config, tokenizer),
-        optimizer=optimizer, scheduler=build_scheduler(optimizer, config.training, plan.total_steps),
-        loss_fn=build_loss(config.loss.name, **config.loss.resolved_hparams()), plan=plan,
-        columns=table.to_pydict(), num_params=sum(p.numel() for p in causal_lm.parameters()),
-    )
+    return worker(config, table, model_uri, 0, 1, torch.device(device))
 
 
 def run_ours(steps: int, ref_path: str, profile: str | None) -> dict:

@@ -27,6 +27,7 @@ from .metrics import (
     MetricsLog,
     gather_pair_records,
     peak_flops,
+    peak_memory_mib,
     step_loss_metrics,
     sum_across_workers,
 )
@@ -186,6 +187,7 @@ def _train_step(w: Worker, step: int) -> dict[str, Any]:
         truncated_prompts=int(counters["truncated_prompts"]),
         truncated_responses=int(counters["truncated_responses"]),
     )
+    metrics.update(peak_memory_mib(w.device))  # rank 0's, as every figure of the line
     peak = peak_flops(w.device)
     if peak:
         metrics["mfu"] = 6 * w.num_params * counters["tokens"] / seconds / (peak * w.world)

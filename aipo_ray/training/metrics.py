@@ -27,6 +27,16 @@ def peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in _PEAK_FLOPS.items() if k in name), None)
 
 
+def peak_memory_mib(device: torch.device) -> dict[str, float]:
+    """This process's peak host RSS and, on GPU, peak allocated device memory (MiB)."""
+    import resource
+
+    out = {"memory/peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        out["memory/peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
 def gather_pair_records(local: torch.Tensor) -> torch.Tensor:
     """[W × n, K] from every worker's [n, K] (every worker holds the same n), rows with weight > 0."""
     world = dist.get_world_size()
