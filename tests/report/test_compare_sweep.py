@@ -76,6 +76,7 @@ def assert_rows_exactly_once(rd: RunDir, it: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # ~10 min on an idle 2-core machine; much more when it is shared
 def test_sweep_killed_and_resumed_shares_iteration_one_and_compares(tmp_path, tiny_llama_path,
                                                                    ray_cluster):
     sweep, root = write_sweep(tmp_path, tiny_llama_path), tmp_path / "sweep"
