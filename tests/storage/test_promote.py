@@ -170,3 +170,28 @@ def test_s3_rerun_after_a_half_deleted_staging_directory_finishes_the_commit(
     assert record["extra"]["promoted"] == "already"
     assert not _files(rd.fs, rd.path("iter_002/train/model"))
     assert rd.latest_model() == "iter_002"
+
+
+def test_train_stage_copied_from_a_promoted_run_is_committed_from_where_it_went(
+    local_ctx, tiny_llama_path, tmp_path
+):
+    """A sweep reuses iteration 2's train stage of a run whose commit already moved the model:
+    the copy holds only the note, and the commit copies the model from the other run."""
+    import shutil
+
+    from aipo_ray.pipeline import StageContext
+    from aipo_ray.storage import RunDir
+
+    run_stage(CommitStage(), local_ctx)  # run A: staged model renamed to A's models/iter_002
+    other = run_config(tiny_llama_path, str(tmp_path / "run-b"))
+    rd = RunDir(other.resolved_run_dir, other.storage)
+    shutil.copytree(local_ctx.run_dir.path("iter_002/train"), rd.path("iter_002/train"))
+    ctx = StageContext(config=other, run_dir=rd, iteration=2)
+
+    record = CommitStage().run(ctx)
+
+    assert record.extra["promoted"] == "copied"
+    assert checkpoint_identity(ctx.output_model_uri) == checkpoint_identity(
+        local_ctx.output_model_uri)
+    verify_checkpoint(local_ctx.output_model_uri)  # the other run's model is left alone
+    assert rd.latest_model() == "iter_002"
