@@ -22,7 +22,7 @@ from aipo_ray.models.loading import trust_remote_code
 from .batching import EncodedPair, PairEncoder, collate_pairs
 from .fsdp import clip_grad_norm, full_state_dict, set_gradient_sync, shard_model, wraps
 from .logps import SequenceLogps
-from .lora import apply_lora, merge_lora_state, trainable_parameters
+from .lora import adapter_init, apply_lora, merge_lora_state, trainable_parameters
 from .metrics import (
     MetricsLog,
     gather_pair_records,
@@ -71,19 +71,23 @@ def _policy(config: RunConfig, policy_uri: str, world: int, device: torch.device
             param_dtype: torch.dtype):
     """(tokenizer, causal LM, SequenceLogps model, parameter count) of θ_t on this rank.
 
-    Where FSDP2 shards the model (and without LoRA, whose adapters are initialised on a full
-    model), each rank builds it on the meta device and reads only its shards (sharded_load).
+    Where FSDP2 shards the model, each rank builds it on the meta device (LoRA adapters
+    included) and reads only its shards (sharded_load); adapters get their rows of the
+    name-seeded initialisation, so they equal an unsharded run's.
     """
     t = config.training
     model_dir = resolve_model_path(policy_uri, config.storage)  # verified once, here
     tokenizer = load_tokenizer(config.model, model_dir, config.storage)
-    if wraps(t, world, device, param_dtype) and not t.lora.enabled and has_safetensors(model_dir):
+    if wraps(t, world, device, param_dtype) and has_safetensors(model_dir):
         causal_lm = empty_causal_lm(model_dir, trust_remote_code(config.model))
         num_params = sum(p.numel() for p in causal_lm.parameters())
+        if t.lora.enabled:
+            causal_lm = apply_lora(causal_lm, t.lora, t.seed)
         model = SequenceLogps(causal_lm, t.logps_chunk_size)
         shard_model(model, causal_lm, t, device, param_dtype)
         offload = t.cpu_offload and device.type == "cuda"
-        load_sharded_weights(causal_lm, model_dir, torch.device("cpu") if offload else device)
+        load_sharded_weights(causal_lm, model_dir, torch.device("cpu") if offload else device,
+                             init=lambda name, shape: adapter_init(name, shape, t.seed))
         return tokenizer, causal_lm, model, num_params
     causal_lm = load_causal_lm(config.model, model_dir, torch.float32)  # fp32 master weights
     num_params = sum(p.numel() for p in causal_lm.parameters())

@@ -10,6 +10,9 @@ adapters on it, and the commit still only renames what the trainer wrote once.
 
 from __future__ import annotations
 
+import math
+import zlib
+
 import torch
 from torch import nn
 
@@ -31,13 +34,38 @@ def apply_lora(causal_lm: nn.Module, cfg: LoraConfig, seed: int) -> nn.Module:
     """`causal_lm` with LoRA layers injected and every other weight frozen (in place).
 
     Returns the same transformers model (not peft's wrapper), so decoder layers, the output
-    head and `save_pretrained` are where the rest of training expects them. `seed` fixes the
-    adapters' A initialisation (B starts at zero).
+    head and `save_pretrained` are where the rest of training expects them. The adapters are
+    initialised by `init_adapters` (on the meta device they are left for sharded loading).
     """
     from peft import get_peft_model
 
-    torch.manual_seed(seed)
-    return get_peft_model(causal_lm, peft_config(cfg)).base_model.model
+    model = get_peft_model(causal_lm, peft_config(cfg)).base_model.model
+    init_adapters(model, seed)
+    return model
+
+
+def adapter_init(name: str, shape: torch.Size, seed: int) -> torch.Tensor:
+    """The initial value of adapter parameter `name`: A as peft initialises it (Kaiming
+    uniform, a = √5) from a generator seeded by `seed` and the name, B zero.
+
+    Seeding by name makes every rank (and a sharded load, which draws each tensor whole and
+    keeps its rows) produce the same adapters whatever the order it builds them in.
+    """
+    if f".lora_B.{ADAPTER}." in name:
+        return torch.zeros(shape)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+    out = torch.empty(shape)
+    fan_in = shape[1]
+    bound = 1 / math.sqrt(fan_in)  # kaiming_uniform_(a=√5) = U(±1/√fan_in)
+    return out.uniform_(-bound, bound, generator=generator)
+
+
+def init_adapters(model: nn.Module, seed: int) -> None:
+    """Set every materialised adapter parameter of `model` to `adapter_init`."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_" in name and not param.is_meta:
+                param.copy_(adapter_init(name, param.shape, seed))
 
 
 def merge_lora_state(state: dict[str, torch.Tensor], cfg: LoraConfig) -> dict[str, torch.Tensor]:

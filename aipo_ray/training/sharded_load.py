@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
 import torch
@@ -75,12 +75,14 @@ def _named_unique_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Paramet
 
 
 def load_sharded_weights(model: nn.Module, model_dir: str, device: torch.device,
-                         prefix: str = "") -> None:
+                         init: Callable[[str, torch.Size], torch.Tensor] | None = None) -> None:
     """Materialise `model`'s meta parameters on `device` and fill each rank's shard from
-    `model_dir`'s safetensors. `prefix` is stripped from parameter names (a wrapper module).
+    `model_dir`'s safetensors.
 
-    Raises KeyError naming a parameter that the checkpoint lacks (a tied weight is found under
-    the name it is saved with, which `named_parameters` lists first).
+    A parameter the checkpoint lacks takes its rows of `init(name, full_shape)` (LoRA adapters);
+    without `init` it raises KeyError naming it. A weight wrapped by peft (`….base_layer.weight`)
+    is read under its plain name; a tied weight under the name it is saved with, which
+    `named_parameters` lists first.
     """
     from safetensors import safe_open
     from torch.distributed.tensor import DTensor
@@ -95,11 +97,14 @@ def load_sharded_weights(model: nn.Module, model_dir: str, device: torch.device,
         opened = {path: stack.enter_context(safe_open(path, "pt"))
                   for path in sorted(set(files.values()))}
         for name, param in _named_unique_parameters(model):
-            key = name.removeprefix(prefix)
-            if key not in files:
-                raise KeyError(f"{model_dir}: no tensor {key!r} in its safetensors")
+            key = name.replace(".base_layer.", ".")
             start, rows = local_rows(param)
-            view = opened[files[key]].get_slice(key)
+            if key in files:
+                view = opened[files[key]].get_slice(key)
+            elif init is not None:
+                view = init(name, param.shape)
+            else:
+                raise KeyError(f"{model_dir}: no tensor {key!r} in its safetensors")
             local = param.to_local() if isinstance(param, DTensor) else param
             source = view[:] if param.dim() == 0 else view[start:start + rows]
             with torch.no_grad():

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from aipo_ray.losses import PairLogps, build_loss
 from aipo_ray.training.loop import _train_step, build_worker
-from aipo_ray.training.lora import merge_lora_state, peft_config
+from aipo_ray.training.lora import init_adapters, merge_lora_state, peft_config
 from aipo_ray.training.plan import join_reference
 from aipo_ray.training.trainer import batch_plan
 
@@ -50,8 +50,8 @@ def _plain_peft_step(model_path, config, pairs, ref):
     t = config.training
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    torch.manual_seed(t.seed)
     model = get_peft_model(base, peft_config(t.lora))
+    init_adapters(model.base_model.model, t.seed)  # the trainer's seeded A (B = 0, as peft's)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, eps=t.adam_eps,
                                   betas=t.adam_betas, weight_decay=t.weight_decay, foreach=False)
