@@ -26,7 +26,7 @@ from ray import serve
 
 from aipo_ray.config import ModelConfig, RankingConfig, ServeConfig, StorageConfig
 
-from .openai_format import Responses, collect, sse_chunks, until_error
+from .openai_format import Responses, collect, peek, sse_chunks, until_error
 from .protocol import (
     ApiError,
     ChatRequest,
@@ -119,19 +119,6 @@ def vllm_request(req: ChatRequest | CompletionRequest, max_tokens: int,
     return {**body, "max_tokens": max_tokens, "model": model_id}
 
 
-async def peeked(events: AsyncIterator) -> AsyncIterator:
-    """`events` with its first item already awaited, so a failure before the first token
-    raises here, while the status code can still say so."""
-    first = await events.__anext__()
-
-    async def chained():
-        yield first
-        async for item in events:
-            yield item
-
-    return chained()
-
-
 @serve.deployment(name="gateway", ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class Gateway:
@@ -194,7 +181,8 @@ class Gateway:
             responses = Responses(kind, self.model_name)
             if not req.stream:
                 return await collect(responses, events)
-            chunks = sse_chunks(responses, await peeked(events), req.include_usage)
+            _, events = await peek(events)
+            chunks = sse_chunks(responses, events, req.include_usage)
         return StreamingResponse(until_error(chunks), media_type="text/event-stream")
 
     async def _rank(self, body: bytes) -> dict[str, Any]:

@@ -135,3 +135,16 @@ async def until_error(chunks: AsyncIterator[str]) -> AsyncIterator[str]:
         log.exception("stream failed")
         yield sse({"error": {"message": f"internal error: {type(err).__name__}",
                              "type": "server_error", "param": None, "code": "internal_error"}})
+
+
+async def peek(items: AsyncIterator[Any]) -> tuple[Any, AsyncIterator[Any]]:
+    """(the first item, all items): the first is awaited now, so a failure before the first
+    token raises while the HTTP status can still say so."""
+    first = await items.__anext__()
+
+    async def chained():
+        yield first
+        async for item in items:
+            yield item
+
+    return first, chained()

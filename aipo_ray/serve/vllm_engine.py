@@ -9,6 +9,7 @@ OpenAI's shapes itself, streaming included, with vLLM's whole request surface (`
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 from aipo_ray.config import ModelConfig, ServeConfig, StorageConfig
 
 from .backends import replica_env
+from .openai_format import peek
 from .protocol import ApiError
 
 
@@ -96,11 +98,7 @@ async def vllm_answer(handle, kind: str, body: dict[str, Any]) -> dict[str, Any]
         _openai_json_wrapper,
         _sanitize_chat_completion_request,
     )
-    from ray.serve.llm.openai_api_models import (
-        ChatCompletionRequest,
-        CompletionRequest,
-        ErrorResponse,
-    )
+    from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
     try:
         if kind == "chat":
@@ -113,18 +111,31 @@ async def vllm_answer(handle, kind: str, body: dict[str, Any]) -> dict[str, Any]
         raise ApiError(400, f"{param}: {first['msg']}", param=param) from None
     method = handle.options(stream=True).chat if kind == "chat" else \
         handle.options(stream=True).completions
-    stream = method.remote(request, None)
-    first = await stream.__anext__()
+    first, stream = await peek(method.remote(request, None))
     head = first[0] if isinstance(first, list) and first else first
-    if isinstance(head, ErrorResponse):
-        raise ApiError(int(head.error.code), head.error.message, param=head.error.param,
-                       code="engine_error", kind=head.error.type)
+    error = engine_error(head)
+    if error is not None:
+        raise error
     if not body.get("stream"):
         return head.model_dump()
+    return _openai_json_wrapper(stream)
 
-    async def chained():
-        yield first
-        async for item in stream:
-            yield item
 
-    return _openai_json_wrapper(chained())
+def engine_error(item: Any) -> ApiError | None:
+    """The ApiError in what `LLMServer` yielded first, if it is an error: vLLM's `ErrorResponse`
+    (whole answers) or an SSE packet `data: {"error": ...}` (streams). Matched by shape, not
+    class: the engine yields vLLM's own ErrorResponse, not ray.serve.llm's subclass."""
+    if isinstance(item, str):
+        payload = item.strip().removeprefix("data:").strip()
+        if not payload.startswith('{"error"'):
+            return None
+        error = json.loads(payload)["error"]
+    else:
+        info = getattr(item, "error", None)
+        if info is None or not hasattr(info, "model_dump"):
+            return None
+        error = info.model_dump()
+    status = int(error.get("code") or 500)
+    kind = "invalid_request_error" if 400 <= status < 500 else "server_error"
+    return ApiError(status, error.get("message") or "the engine refused the request",
+                    param=error.get("param"), code="engine_error", kind=kind)

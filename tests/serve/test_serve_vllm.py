@@ -51,6 +51,15 @@ def test_vllm_backend_streams_and_answers_like_the_hf_backend(ray_cluster, smoll
                                          temperature=0)
         assert text.object == "text_completion" and text.choices[0].text
 
+        # vLLM's own refusals come through in OpenAI's shape with vLLM's status, streamed or not
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as too_long:
+                client.chat.completions.create(model=model, max_tokens=8, stream=stream, messages=[
+                    {"role": "user", "content": "colors " * 600}])  # over max_model_len
+            error = too_long.value.response.json()["error"]
+            assert (error["type"], error["param"], error["code"]) == (
+                "invalid_request_error", "input_tokens", "engine_error")
+            assert "maximum context length" in error["message"]
         # our gateway's limits and auth hold in front of ray.serve.llm
         with pytest.raises(openai.BadRequestError) as over:
             client.chat.completions.create(model=model, messages=COLORS, max_tokens=33)
@@ -61,3 +70,39 @@ def test_vllm_backend_streams_and_answers_like_the_hf_backend(ray_cluster, smoll
     finally:
         client.close()
         app.shutdown()
+
+
+@pytest.mark.vllm
+def test_llm_config_reads_theta_as_the_model_section_says_and_fits_a_small_cpu_ray(smollm2_path):
+    from aipo_ray.config import ModelConfig, ServeConfig
+    from aipo_ray.serve.vllm_engine import llm_config
+
+    model = ModelConfig(path=smollm2_path, chat_template="{{ 'T' }}", dtype="bfloat16")
+    cfg = ServeConfig(backend="vllm", cpus_per_replica=1.5, num_replicas=2,
+                      engine_kwargs={"max_model_len": 256, "dtype": "float32"})
+    config = llm_config(smollm2_path, "iter_003", cfg, model, None)
+    assert config.model_id == "iter_003"
+    assert config.engine_kwargs == {"dtype": "float32", "tokenizer": smollm2_path,
+                                    "chat_template": "{{ 'T' }}", "max_model_len": 256}
+    assert config.placement_group_config == {"bundles": [{"CPU": 1.5}]}
+    assert config.deployment_config == {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0}}
+    assert config.runtime_env["env_vars"]["VLLM_CPU_KVCACHE_SPACE"]
+    on_gpu = llm_config(smollm2_path, "m", ServeConfig(gpus_per_replica=1), None, None)
+    assert on_gpu.placement_group_config is None and on_gpu.engine_kwargs["dtype"] == "bfloat16"
+    assert on_gpu.runtime_env == {"env_vars": {}}
+
+
+@pytest.mark.vllm
+def test_engine_errors_become_api_errors_whole_or_streamed():
+    from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
+
+    from aipo_ray.serve.vllm_engine import engine_error
+
+    info = ErrorInfo(message="too long", type="BadRequestError", param="input_tokens", code=400)
+    for item in (ErrorResponse(error=info), f"data: {ErrorResponse(error=info).model_dump_json()}\n\n"):
+        err = engine_error(item)
+        assert (err.status, err.kind, err.param, err.message) == (
+            400, "invalid_request_error", "input_tokens", "too long")
+    assert engine_error('data: {"id": "x", "choices": []}\n\n') is None
+    crashed = ErrorInfo(message="boom", type="InternalServerError", code=500)
+    assert engine_error(ErrorResponse(error=crashed)).kind == "server_error"
