@@ -133,12 +133,15 @@ def test_s3_commit_copies_server_side_and_moves_no_byte_through_the_driver(
     assert rd.latest_model() == "iter_002"
 
 
-def test_s3_staged_object_changed_after_upload_is_refused_by_its_etag(
-    s3_storage, tiny_llama_path, tmp_path
-):
+@pytest.fixture
+def s3_ctx(s3_storage, tiny_llama_path, tmp_path):
     storage, prefix = s3_storage
-    ctx = prepare(run_config(tiny_llama_path, prefix, storage),
-                  staged_copy(tiny_llama_path, tmp_path / "staged"))
+    return prepare(run_config(tiny_llama_path, prefix, storage),
+                   staged_copy(tiny_llama_path, tmp_path / "staged"))
+
+
+def test_s3_staged_object_changed_after_upload_is_refused_by_its_etag(s3_ctx):
+    ctx = s3_ctx
     rd = ctx.run_dir
     path = rd.path("iter_002/train/model/model.safetensors")
     data = bytearray(rd.fs.cat_file(path))
@@ -149,13 +152,9 @@ def test_s3_staged_object_changed_after_upload_is_refused_by_its_etag(
     assert rd.latest_model() == "iter_001"
 
 
-def test_s3_rerun_after_a_half_deleted_staging_directory_finishes_the_commit(
-    s3_storage, tiny_llama_path, tmp_path
-):
+def test_s3_rerun_after_a_half_deleted_staging_directory_finishes_the_commit(s3_ctx):
     """The driver died while deleting the staged objects (its `_COMMITTED` already gone)."""
-    storage, prefix = s3_storage
-    ctx = prepare(run_config(tiny_llama_path, prefix, storage),
-                  staged_copy(tiny_llama_path, tmp_path / "staged"))
+    ctx, storage = s3_ctx, s3_ctx.config.storage
     staged, target = _staged_and_target(ctx)
     source = locate_staged(staged, target, storage)
     copy_checkpoint(source, target, storage)
