@@ -70,7 +70,7 @@ test-reliability-fast: $(STAMP)
 
 # A real three-node Ray cluster on this machine (`ray start` head + 2 workers, tests/fixtures/
 # multinode.py): a `ray job submit` run on S3, FSDP2 across nodes, nodes killed mid-stage.
-# ~15 min on 2 cores (docs/cluster.md).
+# ~6 min on an idle 2-core machine, ~18 under heavy load (docs/cluster.md).
 test-cluster: $(STAMP)
 	$(BIN)/pytest -m cluster $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
