@@ -37,7 +37,11 @@ from .checkpoint import (
     MANIFEST,
     CheckpointError,
     _check_files,
+    build_manifest,
+    manifest_bytes,
+    marker_bytes,
     read_manifest,
+    upload_checkpoint,
     verify_checkpoint,
     write_checkpoint,
 )
@@ -197,6 +201,34 @@ def _rename_local(staged_uri: str, target_uri: str) -> bool:
             shutil.rmtree(aside, ignore_errors=True)
     log.info("renamed %s to %s", staged, target)
     return True
+
+
+def scratch_dir(uri: str) -> str | None:
+    """A directory to save a model into before `stage_checkpoint(..., uri)`: next to a local
+    `uri` (same filesystem, so staging is a rename), None for remote storage (any temp dir)."""
+    if is_remote(uri):
+        return None
+    parent = Path(filesystem(uri)[1]).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return str(parent)
+
+
+def stage_checkpoint(local_dir: str, uri: str, storage: StorageConfig | None = None) -> None:
+    """Commit the freshly saved model in `local_dir` at `uri`, writing its bytes once.
+
+    Local `uri`: the manifest and `_COMMITTED` are written into `local_dir`, which is then
+    renamed onto `uri` (a previous checkpoint there is replaced whole); `local_dir` is gone
+    after. Remote `uri`: the commit protocol's upload (`upload_checkpoint`).
+    """
+    if is_remote(uri):
+        upload_checkpoint(local_dir, uri, storage)
+        return
+    manifest = build_manifest(local_dir)
+    body = manifest_bytes(manifest)
+    (Path(local_dir) / MANIFEST).write_bytes(body)
+    (Path(local_dir) / COMMITTED).write_bytes(marker_bytes(body))
+    if not _rename_local(local_dir, uri):  # another filesystem after all
+        upload_checkpoint(local_dir, uri, storage)
 
 
 def _drop(staged_uri: str, storage: StorageConfig | None) -> None:

@@ -237,21 +237,23 @@ def _restore(w: Worker) -> int:
 
 
 def _save_final(w: Worker, output_uri: str) -> None:
-    """Gather the full state dict; rank 0 saves safetensors + tokenizer and uploads with a manifest.
+    """Gather the full state dict; rank 0 saves safetensors + tokenizer and stages them with a
+    manifest: next to a local output and renamed onto it, or uploaded to s3://.
 
-    This is the model's only upload: the commit stage renames (or copies server-side) it.
+    The bytes are written once: the commit stage renames (or copies server-side) them.
     """
-    from aipo_ray.storage.checkpoint import upload_checkpoint
+    from aipo_ray.storage.promote import scratch_dir, stage_checkpoint
 
     state = full_state_dict(w.causal_lm)
     lora = w.config.training.lora
     if w.rank == 0 and lora.enabled:  # θ_{t+1} is a plain checkpoint: adapters merged
         state = merge_lora_state(state, lora)
     if w.rank == 0:
-        with tempfile.TemporaryDirectory(prefix="aipo-model-") as staging:
+        with tempfile.TemporaryDirectory(prefix=".aipo-model-", dir=scratch_dir(output_uri)) as d:
+            staging = os.path.join(d, "model")
             w.causal_lm.save_pretrained(staging, state_dict=state, safe_serialization=True)
             w.tokenizer.save_pretrained(staging)
-            upload_checkpoint(staging, output_uri, w.config.storage)
+            stage_checkpoint(staging, output_uri, w.config.storage)
     dist.barrier()
 
 

@@ -18,7 +18,13 @@ from aipo_ray.storage.checkpoint import (
     checkpoint_identity,
     verify_checkpoint,
 )
-from aipo_ray.storage.promote import copy_checkpoint, locate_staged, promote_checkpoint
+from aipo_ray.storage.promote import (
+    copy_checkpoint,
+    locate_staged,
+    promote_checkpoint,
+    scratch_dir,
+    stage_checkpoint,
+)
 from tests.reliability.commits import prepare, run_config, staged_copy
 
 
@@ -194,3 +200,19 @@ def test_train_stage_copied_from_a_promoted_run_is_committed_from_where_it_went(
         local_ctx.output_model_uri)
     verify_checkpoint(local_ctx.output_model_uri)  # the other run's model is left alone
     assert rd.latest_model() == "iter_002"
+
+
+def test_trainer_stages_a_local_model_by_renaming_what_it_saved(tiny_llama_path, tmp_path):
+    """The trainer saves next to the staging location and the commit markers go in place: the
+    staged files are the saved files (same inodes), written once."""
+    import shutil
+
+    uri = str(tmp_path / "run" / "iter_001" / "train" / "model")
+    saved = Path(scratch_dir(uri)) / ".saved"
+    shutil.copytree(tiny_llama_path, saved)
+    inodes = {p.name: p.stat().st_ino for p in saved.iterdir()}
+    stage_checkpoint(str(saved), uri)
+    assert not saved.exists()
+    assert {p.name: p.stat().st_ino for p in Path(uri).iterdir()
+            if p.name not in (MANIFEST, COMMITTED)} == inodes
+    verify_checkpoint(uri)
