@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
 import pytest
 import torch
@@ -44,6 +45,13 @@ def _rank(rank: int, model_dir: str, out: str, port: int, lora: bool) -> None:
     dist.destroy_process_group()
 
 
+def _free_port() -> int:
+    """A port nobody listens on (this process may hold a 1-rank group of its own)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.mark.parametrize("lora", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_sharded_load_equals_full_load(lora, smollm2_path, tmp_path):
     """A tied output head (SmolLM2's) is the harder case: one parameter under two names. With
@@ -51,7 +59,7 @@ def test_sharded_load_equals_full_load(lora, smollm2_path, tmp_path):
     from transformers import AutoModelForCausalLM
 
     model_dir = build_tiny_llama(tmp_path / "model", smollm2_path, tie_word_embeddings=True)
-    port = 29500 + (os.getpid() + 7 * lora) % 20000
+    port = _free_port()
     torch.multiprocessing.start_processes(_rank, args=(model_dir, str(tmp_path), port, lora),
                                           nprocs=WORLD, start_method="spawn")
     state = torch.load(tmp_path / "state.pt")
