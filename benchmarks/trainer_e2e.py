@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -34,6 +35,7 @@ from benchmarks.train_vs_trl import (
 )
 
 MODULE = "benchmarks.trainer_e2e"
+CORES = os.cpu_count() or 1
 
 
 def run_pipeline_trainer(steps: int, out: str) -> dict:
@@ -48,10 +50,14 @@ def run_pipeline_trainer(steps: int, out: str) -> dict:
     ref_path = str(Path(out) / "ref.parquet")
     ref_seconds = run_reference(ref_path)["seconds"]
     t0 = time.perf_counter()
-    init_ray(RayConfig(num_cpus=2, object_store_memory=512 * 2**20))
+    init_ray(RayConfig(num_cpus=CORES, object_store_memory=512 * 2**20))
     ray_start = time.perf_counter() - t0
     t0 = time.perf_counter()
-    result = train_policy(make_config(steps), pairs_table(), pq.read_table(ref_path), MODEL,
+    config = make_config(steps)
+    # The one worker gets both cores, as TRL's process does (a worker runs as many torch
+    # threads as its CPUs; the default of 1 would halve its compute).
+    config.training.cpus_per_worker = float(CORES)
+    result = train_policy(config, pairs_table(), pq.read_table(ref_path), MODEL,
                           output_uri=str(Path(out) / "model"),
                           metrics_uri=str(Path(out) / "metrics.jsonl"),
                           storage_path=str(Path(out) / "ray"))
@@ -95,6 +101,7 @@ def main(steps: int = 4) -> dict:
     }
     sizes = {"model": MODEL, "pairs": NUM_PAIRS, "global_batch": GLOBAL_BATCH,
              "micro_batch": MICRO_BATCH, "steps": steps, "device": "cpu", "workers": 1,
+             "cpus_per_worker": CORES,
              "ours_entry": "ref scorer + aipo_ray.training.trainer.train_policy (Ray Train)",
              "end_to_end_excludes": "Ray start-up (reported apart: ray_start_seconds)"}
     write_result("trainer_e2e", sizes, figures, raw={"ours": ours, "trl": trl})
