@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from aipo_ray.config import GenerationConfig, SelfInstructConfig, StorageConfig
+from aipo_ray.config import GenerationConfig, ModelConfig, SelfInstructConfig, StorageConfig
 from aipo_ray.storage import make_prompt_id
 from aipo_ray.storage.schemas import SELF_INSTRUCT
 
@@ -183,20 +183,21 @@ def parse_responses(generations: pa.Table, iteration: int) -> pa.Table:
 def self_instruct(
     seeds: Sequence[str], generated: Sequence[str], model_uri: str, cfg: SelfInstructConfig,
     generation: GenerationConfig, *, seed: int, iteration: int,
-    storage: StorageConfig | None = None,
+    storage: StorageConfig | None = None, model: ModelConfig | None = None,
 ) -> pa.Table:
-    """Ask θ_t (`model_uri`) for new instructions; returns the parsed, unfiltered SELF_INSTRUCT rows."""
+    """Ask θ_t (`model_uri`, read as `model` says) for new instructions; returns the parsed,
+    unfiltered SELF_INSTRUCT rows."""
     from aipo_ray.actor_pool import collect
     from aipo_ray.storage.schemas import GENERATIONS
 
     requests = build_requests(seeds, generated, cfg, seed=seed, iteration=iteration)
-    out = answer_requests(requests, model_uri, cfg, generation, storage=storage)
+    out = answer_requests(requests, model_uri, cfg, generation, storage=storage, model=model)
     return parse_responses(collect(out, GENERATIONS), iteration)
 
 
 def answer_requests(
     requests: pa.Table, model_uri: str, cfg: SelfInstructConfig, generation: GenerationConfig,
-    *, storage: StorageConfig | None = None,
+    *, storage: StorageConfig | None = None, model: ModelConfig | None = None,
 ):
     """θ_t's answers to `requests` (build_requests), one per request, as a lazy Ray Data Dataset
     in the `generations` columns; `parse_responses` turns them into SELF_INSTRUCT rows."""
@@ -208,4 +209,4 @@ def answer_requests(
     # so every iteration samples afresh while a rerun of the same iteration replays exactly.
     return generate(ray.data.from_arrow(requests), model_uri, generation, n=1,
                     max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                    storage=storage)
+                    storage=storage, model=model)

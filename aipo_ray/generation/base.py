@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aipo_ray.actor_pool import Stall
-from aipo_ray.config import GenerationConfig, StorageConfig
+from aipo_ray.config import GenerationConfig, ModelConfig, StorageConfig
 from aipo_ray.watchdog import few_ids
 
 if TYPE_CHECKING:
@@ -178,10 +178,11 @@ class Generator(Protocol):
     """A backend: prompts in, one row per candidate out (OUTPUT_COLUMNS), lazily as a Dataset.
 
     Implementations resolve `model_uri` where the weights are loaded, so each node of a
-    multi-node cluster fetches its own copy.
+    multi-node cluster fetches its own copy, and read it as `model` says (tokenizer, chat
+    template, trust_remote_code, dtype: `aipo_ray.models.loading`).
     """
 
     def __call__(
         self, ds: ray.data.Dataset, model_uri: str, cfg: GenerationConfig, sampling: Sampling,
-        storage: StorageConfig | None,
+        storage: StorageConfig | None, model: ModelConfig | None = None,
     ) -> ray.data.Dataset: ...

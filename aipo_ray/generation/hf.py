@@ -14,8 +14,8 @@ import torch
 from transformers import LogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
 
 from aipo_ray.actor_pool import PoolSpec, map_pool
-from aipo_ray.config import GenerationConfig, StorageConfig
-from aipo_ray.models import resolve_model_path
+from aipo_ray.config import GenerationConfig, ModelConfig, StorageConfig
+from aipo_ray.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 from aipo_ray.storage.schemas import GENERATIONS
 
 from .base import (
@@ -59,28 +59,17 @@ class SeededSampler(LogitsProcessor):
         return torch.log_softmax(scores, dim=-1) - race.log().to(scores.device)
 
 
-def torch_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
-
-
 class HFGenerator:
     """Ray Data callable class: a batch of prompts in, `sampling.n` rows per prompt out."""
 
     def __init__(self, model_uri: str, sampling: Sampling, storage: StorageConfig | None = None,
-                 dtype: str = "auto"):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
+                 dtype: str = "auto", model: ModelConfig | None = None):
         # Resolved here, in the actor, so each node fetches (and caches) its own copy.
         path = resolve_model_path(model_uri, storage)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch_dtype(dtype, self.device)
-        ).to(self.device).eval()
+        self.tokenizer = load_tokenizer(model, path, storage, padding_side="left")
+        weights = resolve_dtype(model, self.device.type == "cuda", dtype)
+        self.model = load_causal_lm(model, path, weights).to(self.device).eval()
         self.eos_ids = eos_token_ids(self.tokenizer, self.model.generation_config)
         self.sampling = sampling
 
@@ -134,7 +123,7 @@ class HFGenerator:
 
 def generate_hf(
     ds: ray.data.Dataset, model_uri: str, cfg: GenerationConfig, sampling: Sampling,
-    storage: StorageConfig | None,
+    storage: StorageConfig | None, model: ModelConfig | None = None,
 ) -> ray.data.Dataset:
     """The `hf` Generator: `cfg.num_replicas` actors, `cfg.batch_size` prompts per generate call."""
     import ray.data
@@ -145,4 +134,5 @@ def generate_hf(
     spec = PoolSpec.of("generation", cfg, size=min(cfg.num_replicas, len(blocks)),
                        batch_format="numpy")
     return map_pool(ray.data.from_arrow(blocks), HFGenerator, spec, GENERATIONS,
-                    model_uri=model_uri, sampling=sampling, storage=storage, dtype=cfg.dtype)
+                    model_uri=model_uri, sampling=sampling, storage=storage, dtype=cfg.dtype,
+                    model=model)

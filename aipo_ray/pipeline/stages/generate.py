@@ -42,7 +42,8 @@ class GenerateStage(PolicyStage):
             prompt_ids=rd.stage_prompt_ids(i, "prompts"),
             read=lambda ids: rd.read_stage_rows(i, "prompts", ids[0], ids[-1]),
             build=lambda prompts: generate(ray.data.from_arrow(prompts), ctx.policy_uri, cfg,
-                                           storage=ctx.config.storage),
+                                           storage=ctx.config.storage,
+                                           model=ctx.config.model),
             finish=partial(finish_generations, n=n), schema=GENERATIONS,
             stall=progress_deadline(cfg),
         )

@@ -83,7 +83,8 @@ class SelfInstructStage(PolicyStage):
             prompt_ids=requests["prompt_id"].to_pylist(),
             read=lambda ids: requests.filter(pc.is_in(requests["prompt_id"], pa.array(ids))),
             build=lambda shard: answer_requests(shard, ctx.policy_uri, cfg.self_instruct,
-                                                cfg.generation, storage=cfg.storage),
+                                                cfg.generation, storage=cfg.storage,
+                                                model=cfg.model),
             finish=partial(finish_self_instruct, iteration=ctx.iteration), schema=SELF_INSTRUCT,
             stall=progress_deadline(cfg.generation),
         )
