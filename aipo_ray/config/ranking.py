@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -10,7 +10,10 @@ from .base import MODEL_CONTENT, StrictModel
 
 
 class RankingConfig(StrictModel):
-    backend: Literal["pairrm", "llm_judge", "callable"] = "pairrm"
+    backend: str = Field(
+        default="pairrm",
+        description="a registered ranker: pairrm, llm_judge, callable, or one of your own (docs/ranking.md)",
+    )
     model: str = Field(
         default="llm-blender/PairRM",
         description="PairRM dir / hub name; for llm_judge a causal LM (dir, hub name, builtin:NAME) or 'policy' (θ_t)",
@@ -43,8 +46,13 @@ class RankingConfig(StrictModel):
     timeout_s: float = Field(default=3600.0, gt=0)
     max_retries: int = Field(default=2, ge=0)
 
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="settings of a ranker registered outside aipo-ray"
+    )
+
     @model_validator(mode="after")
-    def _callable_named(self) -> RankingConfig:
-        if self.backend == "callable" and not self.callable:
-            raise ValueError("backend 'callable' needs ranking.callable = 'module:function'")
+    def _registered_backend(self) -> RankingConfig:
+        from aipo_ray.ranking.registry import RANKERS
+
+        RANKERS.check(self.backend, self)
         return self

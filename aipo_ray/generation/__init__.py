@@ -4,7 +4,7 @@ Components never import the pipeline; the `generations` stage (pipeline/stages/g
 and self-instruct both call `generate`.
 """
 
-from .api import BACKENDS, generate, get_generator
+from .api import generate, get_generator
 from .base import (
     LENGTH,
     OUTPUT_COLUMNS,
@@ -16,8 +16,10 @@ from .base import (
     check_candidates,
     progress_deadline,
 )
+from .registry import GENERATORS, available_generators, register_generator
 
 __all__ = [
-    "BACKENDS", "LENGTH", "OUTPUT_COLUMNS", "STOP", "GenerationError", "Generator", "Sampling",
-    "candidate_seed", "check_candidates", "generate", "get_generator", "progress_deadline",
+    "GENERATORS", "LENGTH", "OUTPUT_COLUMNS", "STOP", "GenerationError", "Generator", "Sampling",
+    "available_generators", "candidate_seed", "check_candidates", "generate", "get_generator", "progress_deadline",
+    "register_generator",
 ]

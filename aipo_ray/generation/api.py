@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 from aipo_ray.config import GenerationConfig, ModelConfig, StorageConfig
 
 from .base import Generator, Sampling
+from .registry import GENERATORS
 
 if TYPE_CHECKING:
     import ray.data
 
-# name -> (module, function); imported on use so the vllm backend costs nothing until chosen.
-BACKENDS: dict[str, tuple[str, str]] = {
-    "hf": ("aipo_ray.generation.hf", "generate_hf"),
-    "vllm": ("aipo_ray.generation.vllm_engine", "generate_vllm"),
-}
-
-
 def get_generator(backend: str) -> Generator:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown generation backend {backend!r}; choose one of {sorted(BACKENDS)}")
-    module, name = BACKENDS[backend]
-    return getattr(importlib.import_module(module), name)
+    """The registered backend `backend` ('hf', 'vllm', or one registered elsewhere)."""
+    return GENERATORS.get(backend)
 
 
 def generate(

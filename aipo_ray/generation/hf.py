@@ -27,6 +27,7 @@ from .base import (
     finish_reason,
     prompt_blocks,
 )
+from .registry import register_generator
 
 if TYPE_CHECKING:
     import ray.data
@@ -121,6 +122,7 @@ class HFGenerator:
         return pa.table(cols, schema=GENERATIONS)
 
 
+@register_generator("hf")
 def generate_hf(
     ds: ray.data.Dataset, model_uri: str, cfg: GenerationConfig, sampling: Sampling,
     storage: StorageConfig | None, model: ModelConfig | None = None,

@@ -40,6 +40,7 @@ from .base import (
     finish_reason,
     prompt_blocks,
 )
+from .registry import register_generator
 
 if TYPE_CHECKING:
     import ray.data
@@ -51,6 +52,7 @@ _MAP_CPUS = 0.25
 _CPU_KVCACHE_GIB = "2"
 
 
+@register_generator("vllm")
 def generate_vllm(
     ds: ray.data.Dataset, model_uri: str, cfg: GenerationConfig, sampling: Sampling,
     storage: StorageConfig | None, model: ModelConfig | None = None,

@@ -8,6 +8,7 @@ from .pairrm import PairRM
 from .pairwise import TournamentResult, full_matrix, scores_from_matrix, tournament
 from .python_fn import CallableRanker, load_function
 from .ray_actor import RankBatch, rank_pool
+from .registry import RankerContext, available_rankers, register_ranker
 
 __all__ = [
     "CallableRanker",
@@ -16,14 +17,17 @@ __all__ = [
     "PairwiseRanker",
     "RankBatch",
     "Ranker",
+    "RankerContext",
     "Ranking",
     "ScoringRanker",
     "TournamentResult",
+    "available_rankers",
     "best_worst_from_scores",
     "build_ranker",
     "full_matrix",
     "load_function",
     "rank_pool",
+    "register_ranker",
     "scores_from_matrix",
     "tournament",
 ]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .registry import RankerContext, register_ranker
+
 JUDGE_TEMPLATE = (
     "Which response follows the instruction better?\n\n"
     "### Instruction:\n{prompt}\n\n"
@@ -118,3 +120,21 @@ def _letter_token_ids(tokenizer, letter: str) -> list[int]:
     if not ids:
         raise ValueError(f"the judge's tokenizer has no single token for {letter!r}")
     return ids
+
+
+@register_ranker("llm_judge")
+def build_llm_judge(cfg, ctx: RankerContext):
+    """`ranking.model` (a causal LM, or 'policy' for θ_t) asked A-or-B in both orders."""
+    from aipo_ray.models import resolve_dtype
+
+    from .base import PairwiseRanker
+    from .build import POLICY, judge_model_path
+
+    policy = ctx.model if cfg.model == POLICY else None
+    judge = LLMJudge.from_pretrained(
+        judge_model_path(cfg, ctx.policy_model_path, ctx.storage), device=ctx.device,
+        dtype=resolve_dtype(policy, ctx.on_gpu, cfg.dtype), model=policy, storage=ctx.storage,
+        batch_size=cfg.pair_batch_size, max_prompt_tokens=cfg.judge_max_prompt_tokens,
+        max_response_tokens=cfg.judge_max_response_tokens,
+    )
+    return PairwiseRanker(judge.compare_pairs, cfg.mode)

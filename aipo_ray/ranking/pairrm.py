@@ -17,6 +17,7 @@ import torch
 from .pairrm_format import PairEncoder
 from .pairrm_model import PairRMNetwork, load_pairrm
 from .pairwise import TournamentResult, full_matrix, scores_from_matrix, tournament
+from .registry import RankerContext, register_ranker
 
 
 class PairRM:
@@ -91,3 +92,13 @@ class PairRM:
     def tournament(self, prompts: list[str], candidates: list[list[str]]) -> TournamentResult:
         """Best and worst of each prompt's candidates with about 3N/2 two-order comparisons."""
         return tournament(self.compare_pairs, prompts, candidates)
+
+
+@register_ranker("pairrm")
+def build_pairrm(cfg, ctx: RankerContext):
+    """PairRM from `ranking.model` (and `ranking.backbone`), float16 on a GPU as llm-blender."""
+    from .base import PairwiseRanker
+
+    rm = PairRM.from_pretrained(cfg.model, backbone=cfg.backbone, device=ctx.device,
+                                dtype=ctx.dtype(cfg, torch.float16), batch_size=cfg.pair_batch_size)
+    return PairwiseRanker(rm.compare_pairs, cfg.mode)

@@ -10,6 +10,7 @@ import numpy as np
 
 from .base import ScoringRanker
 from .pairwise import num_candidates
+from .registry import RankerContext, register_ranker
 
 ScoreFn = Callable[[str, list[str]], "list[float] | np.ndarray"]
 
@@ -52,3 +53,14 @@ class CallableRanker(ScoringRanker):
                 )
             out[row] = scores
         return out
+
+
+def _callable_named(cfg) -> None:
+    if not cfg.callable:
+        raise ValueError("ranking.backend 'callable' needs ranking.callable = 'module:function'")
+
+
+@register_ranker("callable", check=_callable_named)
+def build_callable(cfg, ctx: RankerContext) -> CallableRanker:
+    """`ranking.callable` ('module:function'), imported where the ranker runs."""
+    return CallableRanker(cfg.callable)
