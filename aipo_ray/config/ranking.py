@@ -12,11 +12,11 @@ from .base import MODEL_CONTENT, StrictModel
 class RankingConfig(StrictModel):
     backend: str = Field(
         default="pairrm",
-        description="a registered ranker: pairrm, llm_judge, callable, or one of your own (docs/ranking.md)",
+        description="a registered ranker: pairrm, llm_judge, reward_model, callable, or one of your own (docs/ranking.md)",
     )
     model: str = Field(
         default="llm-blender/PairRM",
-        description="PairRM dir / hub name; for llm_judge a causal LM (dir, hub name, builtin:NAME) or 'policy' (θ_t)",
+        description="PairRM dir / hub name; for llm_judge a causal LM (dir, hub name, builtin:NAME) or 'policy' (θ_t); for reward_model a sequence-classification reward model (dir, hub id, s3:// checkpoint)",
         json_schema_extra=MODEL_CONTENT,
     )
     backbone: str | None = Field(default=None, description="DeBERTa backbone dir for PairRM",
@@ -34,7 +34,12 @@ class RankingConfig(StrictModel):
     )
     batch_size: int = Field(default=8, ge=1, description="prompts per Ray Data batch")
     pair_batch_size: int = Field(
-        default=16, ge=1, description="comparison sequences per forward pass (pairrm, llm_judge)"
+        default=16, ge=1,
+        description="sequences per forward pass: comparisons (pairrm, llm_judge), conversations (reward_model)",
+    )
+    max_length: int = Field(
+        default=4096, ge=16,
+        description="reward_model: tokens per conversation; longer ones lose tokens from the left of the prompt",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto",

@@ -9,6 +9,7 @@ from .pairwise import TournamentResult, full_matrix, scores_from_matrix, tournam
 from .python_fn import CallableRanker, load_function
 from .ray_actor import RankBatch, rank_pool
 from .registry import RankerContext, available_rankers, register_ranker
+from .reward_model import RewardModelRanker
 
 __all__ = [
     "CallableRanker",
@@ -19,6 +20,7 @@ __all__ = [
     "Ranker",
     "RankerContext",
     "Ranking",
+    "RewardModelRanker",
     "ScoringRanker",
     "TournamentResult",
     "available_rankers",

@@ -53,6 +53,7 @@ RANKERS: Registry[RankerBuilder] = Registry(
         "aipo_ray.ranking.pairrm",
         "aipo_ray.ranking.llm_judge",
         "aipo_ray.ranking.python_fn",
+        "aipo_ray.ranking.reward_model",
     ),
     entry_point_group="aipo_ray.rankers",
 )
