@@ -12,11 +12,11 @@ from .base import MODEL_CONTENT, StrictModel
 class RankingConfig(StrictModel):
     backend: str = Field(
         default="pairrm",
-        description="a registered ranker: pairrm, llm_judge, reward_model, callable, or one of your own (docs/ranking.md)",
+        description="a registered ranker: pairrm, llm_judge, reward_model, http_judge, callable, or one of your own (docs/ranking.md)",
     )
     model: str = Field(
         default="llm-blender/PairRM",
-        description="PairRM dir / hub name; for llm_judge a causal LM (dir, hub name, builtin:NAME) or 'policy' (θ_t); for reward_model a sequence-classification reward model (dir, hub id, s3:// checkpoint)",
+        description="PairRM dir / hub name; for llm_judge a causal LM (dir, hub name, builtin:NAME) or 'policy' (θ_t); for reward_model a sequence-classification reward model (dir, hub id, s3:// checkpoint); for http_judge the name the server serves the judge under",
         json_schema_extra=MODEL_CONTENT,
     )
     backbone: str | None = Field(default=None, description="DeBERTa backbone dir for PairRM",
@@ -25,12 +25,40 @@ class RankingConfig(StrictModel):
         default="full", description="full N×N matrix (paper) or O(N) best/worst tournament"
     )
     callable: str | None = Field(default=None, description="'module:function' for backend=callable")
-    judge_max_tokens: int = Field(default=1, ge=1)
+    judge_prompt: Literal["ab", "self_rewarding"] = Field(
+        default="ab",
+        description="llm_judge, http_judge: ab (which of two responses is better, both orders) or "
+                    "self_rewarding (the Self-Rewarding paper's additive 5-point score per response)",
+    )
+    judge_mode: Literal["pairwise", "pointwise"] | None = Field(
+        default=None,
+        description="pairwise (the ab prompt) or pointwise (the self_rewarding prompt); "
+                    "None: as judge_prompt says",
+    )
+    judge_max_tokens: int | None = Field(
+        default=None, ge=1,
+        description="tokens a judge may write: None gives 16 for ab over HTTP, 256 for self_rewarding",
+    )
     judge_max_prompt_tokens: int = Field(
         default=512, ge=1, description="llm_judge: the instruction is cut to this many tokens"
     )
     judge_max_response_tokens: int = Field(
         default=512, ge=1, description="llm_judge: each response is cut to this many tokens"
+    )
+    url: str | None = Field(
+        default=None, description="http_judge: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1"
+    )
+    api_key_env: str | None = Field(
+        default=None,
+        description="http_judge: NAME of the environment variable holding the API key (sent as a "
+                    "Bearer token); the key itself is never in the config",
+    )
+    max_concurrency: int = Field(default=8, ge=1, description="http_judge: requests in flight per replica")
+    request_timeout_s: float = Field(default=60.0, gt=0, description="http_judge: per request")
+    request_retries: int = Field(
+        default=3, ge=0,
+        description="http_judge: retries of a request after a 429, a 5xx, a timeout or a connection "
+                    "error, with exponential backoff",
     )
     batch_size: int = Field(default=8, ge=1, description="prompts per Ray Data batch")
     pair_batch_size: int = Field(

@@ -6,7 +6,8 @@ Rules, in order, per prompt:
 2. chosen = highest score, rejected = lowest score among what is left (the ranking's own
    best_idx/worst_idx when they survived and still hold the extreme score; else the lowest
    candidate_idx holding it);
-3. fewer than two candidates left, a tie (equal scores), a gap below `min_score_gap`, or chosen text
+3. the ranker refused the prompt (`rankings.rejection`, e.g. a judge's unreadable reply), fewer
+   than two candidates left, a tie (equal scores), a gap below `min_score_gap`, or chosen text
    equal to rejected text: the prompt gives no pair and goes to `_rejected` with the reason;
 4. the first `max_pairs` pairs, in rankings order, are kept; the rest are surplus, not rejected.
 """
@@ -74,6 +75,8 @@ def pick_pair(
     dropped: Counter, generations: pa.Table,
 ) -> tuple[dict[str, Any] | None, str | None]:
     """(pair row, None) or (None, reason) for one prompt; `dropped` counts refused candidates."""
+    if ranking.get("rejection"):  # the ranker's own reason, category first ("unreadable_judgement: ...")
+        return None, ranking["rejection"]
     scores = list(ranking["scores"] or [])
     if len(scores) != len(candidates) or set(candidates) != set(range(len(scores))):
         return None, (f"bad_scores: {len(scores)} scores for candidates "

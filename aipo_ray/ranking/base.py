@@ -19,14 +19,18 @@ from .pairwise import CompareFn, full_matrix, num_candidates, scores_from_matrix
 class Ranking:
     """What the rankings table records per prompt, plus how much work it took.
 
-    `comparisons` counts model evaluations of ordered pairs (a both-orders comparison counts 2);
-    0 for rankers that score candidates directly.
+    `comparisons` counts model evaluations of ordered pairs (a both-orders comparison counts 2),
+    or for judges that write their verdict the requests sent (retries included); 0 for rankers
+    that score candidates directly. `rejections`, when given, holds per prompt None or why the
+    ranker could not rank it (a judge's unreadable reply); a rejected prompt has best and worst
+    −1 and the pairs stage puts it in `_rejected/` with that reason.
     """
 
     scores: np.ndarray  # [B, N] float64, higher is better
     best_idx: np.ndarray  # [B] int64
     worst_idx: np.ndarray  # [B] int64
     comparisons: np.ndarray  # [B] int64
+    rejections: list[str | None] | None = None
 
 
 @runtime_checkable

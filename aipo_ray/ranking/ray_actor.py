@@ -3,9 +3,11 @@
     ranked = rank_pool(ds, cfg, policy_path)
 
 Input rows: prompt_id, prompt, candidates (a prompt's N responses as one list). Output rows follow
-the rankings contract (aipo_ray.storage.schemas.RANKINGS): prompt_id, scores (list of N floats,
-higher is better), best_idx, worst_idx. A prompt with no candidates gets scores [] and indices
--1 rather than failing the whole dataset; the pairs stage drops it like a tie.
+the rankings contract (aipo_ray.storage.schemas.RANKINGS_OUT): prompt_id, scores (list of N floats,
+higher is better), best_idx, worst_idx, rejection. A prompt with no candidates gets scores [] and
+indices -1 rather than failing the whole dataset; the pairs stage drops it like a tie. A prompt the
+ranker refused (`Ranking.rejections`: a judge's unreadable reply) gets indices -1, null for the
+scores it lacks, and the reason in `rejection`; the pairs stage puts it in `_rejected/`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pyarrow as pa
 
 from aipo_ray.actor_pool import PoolSpec, map_pool
 from aipo_ray.config import ModelConfig, RankingConfig, StorageConfig
-from aipo_ray.storage.schemas import RANKINGS
+from aipo_ray.storage.schemas import RANKINGS_OUT
 
 from .build import build_ranker
 from .python_fn import CallableRanker
@@ -58,18 +60,24 @@ class RankBatch:
         scores: list[list[float]] = [[] for _ in prompts]
         best = np.full(len(prompts), -1, dtype=np.int32)
         worst = np.full(len(prompts), -1, dtype=np.int32)
+        rejection: list[str | None] = [None] * len(prompts)
         by_size: dict[int, list[int]] = defaultdict(list)
         for row, cands in enumerate(candidates):
             if cands:
                 by_size[len(cands)].append(row)
         for rows in by_size.values():
             ranking = self.ranker.best_worst([prompts[r] for r in rows], [candidates[r] for r in rows])
+            refused = ranking.rejections or [None] * len(rows)
             for k, row in enumerate(rows):
-                scores[row] = [float(x) for x in ranking.scores[k]]
+                scores[row] = [float(x) if np.isfinite(x) else None for x in ranking.scores[k]]
                 best[row], worst[row] = ranking.best_idx[k], ranking.worst_idx[k]
+                if refused[k] is not None:
+                    best[row] = worst[row] = -1
+                    rejection[row] = refused[k]
         return pa.table(
-            {"prompt_id": columns["prompt_id"], "scores": scores, "best_idx": best, "worst_idx": worst},
-            schema=RANKINGS,
+            {"prompt_id": columns["prompt_id"], "scores": scores, "best_idx": best,
+             "worst_idx": worst, "rejection": rejection},
+            schema=RANKINGS_OUT,
         )
 
 
@@ -94,6 +102,6 @@ def rank_pool(
     """`ds` ranked by `cfg.num_replicas` RankBatch actors with the ranking section's resources,
     deadline and restart policy (aipo_ray.actor_pool); `score_fn` as in RankBatch; `model` (the
     run's `model` section) applies when θ_t judges itself (`ranking.model: policy`)."""
-    return map_pool(ds, RankBatch, PoolSpec.of("ranking", cfg), RANKINGS,
+    return map_pool(ds, RankBatch, PoolSpec.of("ranking", cfg), RANKINGS_OUT,
                     ranking=cfg.model_dump(), policy_model_path=policy_model_path,
                     storage=storage, score_fn=score_fn, model=model)

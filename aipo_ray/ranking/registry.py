@@ -52,6 +52,7 @@ RANKERS: Registry[RankerBuilder] = Registry(
     builtin_modules=(
         "aipo_ray.ranking.pairrm",
         "aipo_ray.ranking.llm_judge",
+        "aipo_ray.ranking.http_judge",
         "aipo_ray.ranking.python_fn",
         "aipo_ray.ranking.reward_model",
     ),

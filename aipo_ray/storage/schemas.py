@@ -33,6 +33,9 @@ PAIRS_OUT = pa.schema([
     *PAIRS, ("chosen_idx", pa.int32()), ("rejected_idx", pa.int32()),
     ("chosen_num_tokens", pa.int32()), ("rejected_num_tokens", pa.int32()),
 ])
+# What the rankings stage writes: the RANKINGS contract plus why the ranker refused a prompt (null
+# when it did not: a judge's unreadable reply). Older rankings tables lack it; readers use .get.
+RANKINGS_OUT = pa.schema([*RANKINGS, pa.field("rejection", pa.string(), nullable=True)])
 # The raw table the self_instruct stage writes: the prompts contract plus what the filters need.
 SELF_INSTRUCT = pa.schema([
     ("prompt_id", pa.string()), ("prompt", pa.string()), ("source", pa.string()),

@@ -6,7 +6,7 @@ import pytest
 
 from aipo_ray.config import RankingConfig
 from aipo_ray.ranking import RankBatch, rank_pool
-from aipo_ray.storage.schemas import RANKINGS
+from aipo_ray.storage.schemas import RANKINGS_OUT
 
 ROWS = [
     {"prompt_id": "p0", "prompt": "what is one plus two?", "candidates": ["three", "four", "one two"]},
@@ -31,7 +31,8 @@ def expected(pairrm, row):
 
 def test_rank_batch_in_process_groups_prompts_by_candidate_count(cfg, pairrm):
     table = RankBatch(cfg)(pa.Table.from_pylist(ROWS))
-    assert table.schema == RANKINGS
+    assert table.schema == RANKINGS_OUT
+    assert table.column("rejection").null_count == len(ROWS)  # PairRM refuses nothing
     assert table.column("prompt_id").to_pylist() == [r["prompt_id"] for r in ROWS]
     for out, row in zip(table.to_pylist(), ROWS, strict=True):
         scores, best, worst = expected(pairrm, row)

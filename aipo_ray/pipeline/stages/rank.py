@@ -20,7 +20,7 @@ from aipo_ray.pipeline.stage import (
     StageResult,
 )
 from aipo_ray.ranking import rank_pool
-from aipo_ray.storage.schemas import RANKINGS
+from aipo_ray.storage.schemas import RANKINGS_OUT
 from aipo_ray.storage.shards import check_each_once
 
 ScoreFn = Callable[[str, list[str]], "list[float]"]
@@ -32,7 +32,7 @@ class RankStage(PolicyStage):
 
     name = "rankings"
     inputs = ("generations",)
-    schema = RANKINGS
+    schema = RANKINGS_OUT
     # How θ_t is read matters when it judges itself; otherwise the generations it ranks changed
     # with those keys anyway.
     config_keys = ("ranking", *MODEL_IO_KEYS)
@@ -66,19 +66,22 @@ class RankStage(PolicyStage):
             build=lambda grouped: rank_pool(ray.data.from_arrow(grouped), cfg, ctx.policy_uri,
                                             ctx.config.storage, score_fn=self.ranker,
                                             model=ctx.config.model),
-            finish=finish_rankings, schema=RANKINGS,
+            finish=finish_rankings, schema=RANKINGS_OUT,
         )
         totals = run_sharded(self.name, ctx, job)
         return StageResult(rows_in=totals.prompts, rows_out=totals.rows,
                            extra={"backend": "callable" if self.ranker else cfg.backend,
-                                  "mode": cfg.mode, "shards_redone": len(totals.redone)})
+                                  "mode": cfg.mode, "shards_redone": len(totals.redone),
+                                  # prompts the ranker refused; pairs/_rejected/ has each reason
+                                  "refused": int(totals.counts.get("refused", 0))})
 
 
 def finish_rankings(table: pa.Table, prompt_ids: list[str]) -> tuple[pa.Table, dict]:
-    """One shard's rankings in prompt_id order, each prompt exactly once."""
-    table = table.select(RANKINGS.names).cast(RANKINGS).sort_by("prompt_id")
+    """One shard's rankings in prompt_id order, each prompt exactly once; counts the prompts the
+    ranker refused."""
+    table = table.select(RANKINGS_OUT.names).cast(RANKINGS_OUT).sort_by("prompt_id")
     check_each_once(table, prompt_ids, "rankings")
-    return table, {}
+    return table, {"refused": table.num_rows - table.column("rejection").null_count}
 
 
 def group_candidates(generations: pa.Table) -> pa.Table:
