@@ -1,0 +1,238 @@
+"""The http_judge ranker against real HTTP servers on 127.0.0.1: a scripted chat-completions
+server (scores read from the responses' text, 500s, garbage, a hang), then `aipo serve`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pyarrow as pa
+import pytest
+
+from aipo_ray.config import RankingConfig, RunConfig
+from aipo_ray.ranking import RankBatch, build_ranker
+from aipo_ray.ranking.http_judge import HTTPJudgeError
+
+KEY_ENV, KEY = "AIPO_TEST_JUDGE_KEY", "sk-test-0123456789abcdef"
+
+
+def worth(text: str) -> int:
+    return int(re.search(r"worth (\d+)", text).group(1))
+
+
+def verdict(message: str) -> str:
+    """What a sensible judge would say: the response's worth, or the pick of the worthier one."""
+    if "<response>" in message:
+        return f"It addresses the question.\nScore: {worth(message.split('<response>')[1])}"
+    a, b = message.split("### Response A:\n")[1].split("### Response B:\n")
+    return "A" if worth(a) >= worth(b) else "B"
+
+
+class Judge:
+    """The scripted server's behaviour and what it saw."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.failures = 0  # answer this many requests with HTTP 500 first
+        self.reply = verdict  # message -> reply text
+        self.hang_s = 0.0
+        self.lock = threading.Lock()
+
+
+@pytest.fixture
+def judge():
+    state = Judge()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with state.lock:
+                state.requests.append({"path": self.path, "body": body,
+                                       "auth": self.headers.get("Authorization")})
+                fail = state.failures > 0
+                state.failures -= fail
+            if state.hang_s:
+                time.sleep(state.hang_s)
+            if fail:
+                return self._send(500, {"error": {"message": "overloaded"}})
+            if self.path != "/v1/chat/completions":
+                return self._send(404, {"error": {"message": f"no route {self.path}"}})
+            text = state.reply(body["messages"][0]["content"])
+            self._send(200, {"id": "c", "object": "chat.completion", "model": body["model"],
+                             "choices": [{"index": 0, "finish_reason": "stop",
+                                          "message": {"role": "assistant", "content": text}}]})
+
+        def _send(self, status, payload):
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            with contextlib.suppress(OSError):  # the client gave up (timeout test)
+                self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def config(judge, **overrides) -> RankingConfig:
+    return RankingConfig(backend="http_judge", url=judge.url, model="judge", **overrides)
+
+
+PROMPTS = ["Name a prime.", "Say something kind."]
+CANDS = [["worth 1", "worth 5", "worth 2"], ["worth 3", "worth 0", "worth 4"]]
+
+
+@pytest.mark.parametrize("overrides, requests", [
+    ({"judge_prompt": "self_rewarding"}, 3),  # pointwise: N per prompt
+    ({"judge_mode": "pointwise"}, 3),
+    ({}, 6),  # pairwise, full: N(N-1)
+    ({"mode": "tournament"}, 6),  # pairwise, tournament: 2 per game, 3 games for N = 3
+])
+def test_the_http_judge_ranks_through_a_local_server(judge, overrides, requests):
+    ranking = build_ranker(config(judge, **overrides)).best_worst(PROMPTS, CANDS)
+    assert ranking.best_idx.tolist() == [1, 2] and ranking.worst_idx.tolist() == [0, 1]
+    assert ranking.rejections == [None, None]
+    assert ranking.comparisons.tolist() == [requests, requests]
+    assert len(judge.requests) == 2 * requests
+    first = judge.requests[0]
+    assert first["path"] == "/v1/chat/completions" and first["body"]["model"] == "judge"
+    assert first["body"]["temperature"] == 0 and first["auth"] is None
+    if "pointwise" in str(overrides) or "self_rewarding" in str(overrides):
+        assert ranking.scores.tolist() == [[1, 5, 2], [3, 0, 4]]
+        assert first["body"]["max_tokens"] == 256
+        assert "additive 5-point scoring system" in first["body"]["messages"][0]["content"]
+    else:
+        assert first["body"]["max_tokens"] == 16
+
+
+def test_500_twice_then_an_answer_takes_three_requests(judge):
+    judge.failures = 2
+    ranker = build_ranker(config(judge, judge_prompt="self_rewarding", request_retries=2))
+    ranking = ranker.best_worst(["Name a prime."], [["worth 4"]])
+    assert len(judge.requests) == 3
+    assert ranking.scores.tolist() == [[4.0]] and ranking.rejections == [None]
+
+
+def test_500s_past_the_retries_fail_naming_the_endpoint(judge):
+    judge.failures = 10
+    ranker = build_ranker(config(judge, judge_prompt="self_rewarding", request_retries=1))
+    with pytest.raises(HTTPJudgeError, match=r"chat/completions .* failed 2 times.*HTTP 500"):
+        ranker.score(["Name a prime."], [["worth 4"]])
+    assert len(judge.requests) == 2
+
+
+def test_garbage_is_asked_again_once_then_the_prompt_lands_in_rejected(judge):
+    judge.reply = lambda m: "I like turtles." if "worth 5" in m else verdict(m)
+    ranking = build_ranker(config(judge, judge_prompt="self_rewarding")).best_worst(PROMPTS, CANDS)
+    assert len(judge.requests) == 6 + 1  # the unreadable reply asked again once
+    assert ranking.rejections[1] is None and ranking.best_idx[1] == 2
+    reason = ranking.rejections[0]
+    assert reason.startswith("unreadable_judgement: ") and "'I like turtles.'" in reason
+    assert "candidate(s) 1 after 2 tries" in reason
+    # through RankBatch: indices -1, no score for the unjudged candidate, the reason kept
+    table = RankBatch(config(judge, judge_prompt="self_rewarding"))(pa.Table.from_pylist(
+        [{"prompt_id": f"p{k}", "prompt": p, "candidates": c}
+         for k, (p, c) in enumerate(zip(PROMPTS, CANDS, strict=True))]))
+    rows = table.to_pylist()
+    assert (rows[0]["best_idx"], rows[0]["worst_idx"], rows[0]["scores"]) == (-1, -1, [1.0, None, 2.0])
+    assert rows[0]["rejection"] == reason and rows[1]["rejection"] is None
+
+
+def test_a_hung_server_fails_within_the_timeout_times_the_attempts(judge):
+    judge.hang_s = 5.0
+    ranker = build_ranker(config(judge, judge_prompt="self_rewarding", request_timeout_s=0.5,
+                                 request_retries=1))
+    started = time.monotonic()
+    with pytest.raises(HTTPJudgeError, match=r"no reply within ranking\.request_timeout_s = 0\.5s"):
+        ranker.score(["Name a prime."], [["worth 4"]])
+    elapsed = time.monotonic() - started
+    # two attempts of 0.5 s and one backoff of about 0.5 s
+    assert 1.0 <= elapsed < 3.0 and len(judge.requests) == 2
+
+
+def test_the_key_is_read_from_the_named_variable_sent_as_bearer_and_never_stored(
+        judge, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    cfg = config(judge, judge_prompt="self_rewarding", api_key_env=KEY_ENV)
+    build_ranker(cfg).score(["Name a prime."], [["worth 2"]])
+    assert judge.requests[0]["auth"] == f"Bearer {KEY}"
+    run = RunConfig.model_validate({"name": "t", "model": {"path": "m"},
+                                    "ranking": cfg.model_dump()})
+    assert KEY not in run.to_json() and KEY not in cfg.model_dump_json()
+    assert KEY_ENV in run.to_json()
+    monkeypatch.delenv(KEY_ENV)
+    with pytest.raises(HTTPJudgeError, match=f"ranking.api_key_env names {KEY_ENV}, which is not set"):
+        build_ranker(cfg)
+
+
+def test_a_wrong_url_is_not_retried(judge):
+    cfg = RankingConfig(backend="http_judge", url=judge.url.replace("/v1", "/nope"), model="j",
+                        judge_prompt="self_rewarding")
+    with pytest.raises(HTTPJudgeError, match=r"answered HTTP 404.*not retried"):
+        build_ranker(cfg).score(["p"], [["worth 1"]])
+    assert len(judge.requests) == 1
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("ranking: {backend: http_judge, model: judge}\n", "needs ranking.url"),
+    ("ranking: {backend: http_judge, url: 'http://127.0.0.1:1/v1'}\n", "needs ranking.model"),
+    ("ranking: {backend: http_judge, url: 'http://127.0.0.1:1/v1', model: j, judge_prompt: nope}\n",
+     "judge_prompt"),
+    ("ranking: {backend: llm_judge, model: policy, judge_prompt: self_rewarding, "
+     "judge_mode: pairwise}\n", "judge_mode 'pairwise'"),
+])
+def test_bad_judge_config_fails_in_aipo_validate(tmp_path, capsys, yaml_text, message):
+    from aipo_ray.cli import main as aipo_main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: {path: x}\n" + yaml_text)
+    assert aipo_main(["validate", str(path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_through_the_rank_and_pairs_stages_a_refused_prompt_lands_in_rejected(
+        judge, tmp_path, ray_cluster):
+    from aipo_ray.pipeline import StageContext, run_stage
+    from aipo_ray.pipeline.stages.pairs import PairsStage
+    from aipo_ray.pipeline.stages.rank import RankStage
+    from aipo_ray.storage import RunDir, make_prompt_id, read_rejected, write_success
+
+    judge.reply = lambda m: "Score: lots" if "worth 5" in m else verdict(m)
+    config = RunConfig.model_validate({
+        "name": "t", "run_dir": str(tmp_path), "model": {"path": "unused"},
+        "ranking": {"backend": "http_judge", "url": judge.url, "model": "judge",
+                    "judge_prompt": "self_rewarding", "batch_size": 1},
+    })
+    ctx = StageContext(config=config, run_dir=RunDir(str(tmp_path)), iteration=1)
+    rows = [(p, i, c) for p, cands in zip(PROMPTS, CANDS, strict=True) for i, c in enumerate(cands)]
+    ctx.write("generations", pa.table({
+        "prompt_id": [make_prompt_id(p) for p, _, _ in rows], "prompt": [p for p, _, _ in rows],
+        "candidate_idx": [i for _, i, _ in rows], "response": [c for _, _, c in rows],
+        "num_tokens": [2] * len(rows), "finish_reason": ["stop"] * len(rows),
+    }))
+    write_success(ctx.run_dir.fs, ctx.stage_path("generations"), {"fingerprint": "g"})
+
+    record = run_stage(RankStage(), ctx)
+    assert record["extra"]["refused"] == 1 and record["rows_out"] == 2
+    pairs = run_stage(PairsStage(), ctx)
+    assert pairs["rejected"] == {"unreadable_judgement": 1} and pairs["rows_out"] == 1
+    rejected = read_rejected(ctx.run_dir.fs, ctx.stage_path("pairs")).to_pylist()
+    assert [r["prompt_id"] for r in rejected] == [make_prompt_id(PROMPTS[0])]
+    assert "'Score: lots'" in rejected[0]["reason"]
+    assert json.loads(rejected[0]["data"])["scores"] == [1.0, None, 2.0]
+    chosen = ctx.read("pairs").to_pylist()[0]
+    assert (chosen["chosen"], chosen["rejected"]) == ("worth 4", "worth 0")
