@@ -236,3 +236,36 @@ def test_through_the_rank_and_pairs_stages_a_refused_prompt_lands_in_rejected(
     assert json.loads(rejected[0]["data"])["scores"] == [1.0, None, 2.0]
     chosen = ctx.read("pairs").to_pylist()[0]
     assert (chosen["chosen"], chosen["rejected"]) == ("worth 4", "worth 0")
+
+
+@pytest.fixture(scope="module")
+def served_judge(ray_cluster, tiny_llama_path):
+    """`aipo serve` of the tiny random Llama on 127.0.0.1, behind a bearer token."""
+    from aipo_ray.serve.runner import serve_checkpoint, serve_config
+
+    config = serve_config(tiny_llama_path, overrides=[
+        "serve.backend=hf", "serve.port=0", "serve.rank=false", "serve.cpus_per_replica=0.5",
+        "serve.max_tokens_limit=32", "serve.default_max_tokens=8", f"serve.auth_token={KEY}",
+    ])
+    app = serve_checkpoint(tiny_llama_path, blocking=False, config=config)
+    yield app
+    app.shutdown()
+
+
+def test_a_self_rewarding_judge_served_by_aipo_serve_rejects_what_it_cannot_score(
+        served_judge, tiny_llama_path, monkeypatch):
+    """A random model never writes "Score: N": every candidate is asked twice through the real
+    server, then the prompt is refused quoting what the model wrote, which is what the same
+    checkpoint writes as the local llm_judge (same prompt, greedy)."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    over_http = RankingConfig(backend="http_judge", url=f"{served_judge.url}/v1",
+                              model=served_judge.model, api_key_env=KEY_ENV,
+                              judge_prompt="self_rewarding", judge_max_tokens=8)
+    ranking = build_ranker(over_http).best_worst(["Name a prime."], [["2", "4"]])
+    assert ranking.comparisons.tolist() == [4]  # 2 candidates × (1 + 1 retry)
+    reason = ranking.rejections[0]
+    assert reason.startswith("unreadable_judgement: ") and "candidate(s) 0, 1 after 2 tries" in reason
+    local = build_ranker(RankingConfig(backend="llm_judge", model=tiny_llama_path,
+                                       judge_prompt="self_rewarding", judge_max_tokens=8))
+    local_reason = local.best_worst(["Name a prime."], [["2", "4"]]).rejections[0]
+    assert local_reason.split("last reply ")[1] == reason.split("last reply ")[1]
