@@ -77,8 +77,11 @@ class RankModel:
         self.ranker = build_ranker(cfg, resolve_model_path(policy_uri, storage), storage=storage,
                                    model=model)
 
-    def score(self, prompt: str, candidates: list[str]) -> list[float]:
-        return [float(x) for x in self.ranker.score([prompt], [candidates])[0]]
+    def rank(self, prompt: str, candidates: list[str]) -> dict[str, Any]:
+        """The scores, or why the ranker refused the prompt (a judge's unreadable reply)."""
+        ranking = self.ranker.best_worst([prompt], [candidates])
+        refused = (ranking.rejections or [None])[0]
+        return {"scores": [float(x) for x in ranking.scores[0]], "refused": refused}
 
 
 def error_response(err: ApiError) -> JSONResponse:
@@ -189,6 +192,10 @@ class Gateway:
         if self.ranker is None:
             raise ApiError(404, "ranking is not served here (serve.rank: false)", code="not_found")
         req = parse_rank(body, self.cfg)
-        scores = await self.ranker.score.remote(req.prompt, req.candidates)
+        ranked = await self.ranker.rank.remote(req.prompt, req.candidates)
+        if ranked["refused"]:
+            raise ApiError(502, f"the ranker could not rank these candidates: {ranked['refused']}",
+                           code="ranker_refused", kind="server_error")
+        scores = ranked["scores"]
         order = sorted(range(len(scores)), key=lambda i: -scores[i])
         return {"scores": scores, "best_idx": order[0], "worst_idx": order[-1], "ranking": order}

@@ -43,8 +43,9 @@ class Judge:
         self.lock = threading.Lock()
 
 
-@pytest.fixture
-def judge():
+@contextlib.contextmanager
+def scripted_judge():
+    """A chat-completions server on 127.0.0.1 that answers as `Judge` says."""
     state = Judge()
 
     class Handler(BaseHTTPRequestHandler):
@@ -86,6 +87,12 @@ def judge():
     yield state
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def judge():
+    with scripted_judge() as state:
+        yield state
 
 
 def config(judge, **overrides) -> RankingConfig:
@@ -239,27 +246,53 @@ def test_through_the_rank_and_pairs_stages_a_refused_prompt_lands_in_rejected(
 
 
 @pytest.fixture(scope="module")
-def served_judge(ray_cluster, tiny_llama_path):
-    """`aipo serve` of the tiny random Llama on 127.0.0.1, behind a bearer token."""
+def rank_judge():
+    with scripted_judge() as state:
+        yield state
+
+
+@pytest.fixture(scope="module")
+def served(ray_cluster, tiny_llama_path, rank_judge):
+    """`aipo serve` of the tiny random Llama on 127.0.0.1, behind a bearer token, whose /rank asks
+    the scripted judge (every registered ranker may serve /rank). One app per module: Serve keeps
+    one HTTP proxy per cluster."""
     from aipo_ray.serve.runner import serve_checkpoint, serve_config
 
     config = serve_config(tiny_llama_path, overrides=[
-        "serve.backend=hf", "serve.port=0", "serve.rank=false", "serve.cpus_per_replica=0.5",
+        "serve.backend=hf", "serve.port=0", "serve.rank=true", "serve.cpus_per_replica=0.5",
         "serve.max_tokens_limit=32", "serve.default_max_tokens=8", f"serve.auth_token={KEY}",
+        "ranking.backend=http_judge",
+        f"ranking.url={rank_judge.url}", "ranking.model=judge", "ranking.cpus_per_replica=0.5",
+        "ranking.judge_prompt=self_rewarding",
     ])
     app = serve_checkpoint(tiny_llama_path, blocking=False, config=config)
     yield app
     app.shutdown()
 
 
+def test_aipo_serve_ranks_with_the_http_judge_and_says_why_it_cannot(served, rank_judge):
+    import httpx
+
+    ask = {"prompt": "Name a prime.", "candidates": ["worth 2", "worth 5", "worth 1"]}
+    auth = {"Authorization": f"Bearer {KEY}"}
+    r = httpx.post(f"{served.url}/rank", json=ask, headers=auth, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["scores"] == [2.0, 5.0, 1.0]
+    assert (r.json()["best_idx"], r.json()["worst_idx"]) == (1, 2)
+    rank_judge.reply = lambda m: "no idea"
+    r = httpx.post(f"{served.url}/rank", json=ask, headers=auth, timeout=60)
+    assert r.status_code == 502 and r.json()["error"]["code"] == "ranker_refused"
+    assert "unreadable_judgement" in r.json()["error"]["message"]
+
+
 def test_a_self_rewarding_judge_served_by_aipo_serve_rejects_what_it_cannot_score(
-        served_judge, tiny_llama_path, monkeypatch):
+        served, tiny_llama_path, monkeypatch):
     """A random model never writes "Score: N": every candidate is asked twice through the real
     server, then the prompt is refused quoting what the model wrote, which is what the same
     checkpoint writes as the local llm_judge (same prompt, greedy)."""
     monkeypatch.setenv(KEY_ENV, KEY)
-    over_http = RankingConfig(backend="http_judge", url=f"{served_judge.url}/v1",
-                              model=served_judge.model, api_key_env=KEY_ENV,
+    over_http = RankingConfig(backend="http_judge", url=f"{served.url}/v1",
+                              model=served.model, api_key_env=KEY_ENV,
                               judge_prompt="self_rewarding", judge_max_tokens=8)
     ranking = build_ranker(over_http).best_worst(["Name a prime."], [["2", "4"]])
     assert ranking.comparisons.tolist() == [4]  # 2 candidates × (1 + 1 retry)
