@@ -167,13 +167,16 @@ def model_responses(config: RunConfig, rd: RunDir, it: int, prompts: pd.DataFram
 
 
 def judge(ranker, prompts: list[str], model: list[str], baseline: list[str]) -> np.ndarray:
-    """Per-prompt outcome of `model` over `baseline`, both candidate orders averaged."""
+    """Per-prompt outcome of `model` over `baseline`, both candidate orders averaged; NaN where
+    the judge gave either response no score (http_judge's unreadable reply), never a loss."""
     firsts, seconds = [], []
     for i in range(0, len(prompts), _JUDGE_CHUNK):
         p, a, b = prompts[i:i + _JUDGE_CHUNK], model[i:i + _JUDGE_CHUNK], baseline[i:i + _JUDGE_CHUNK]
         firsts.append(np.asarray(ranker.score(p, [[x, y] for x, y in zip(a, b, strict=True)])))
         seconds.append(np.asarray(ranker.score(p, [[y, x] for x, y in zip(a, b, strict=True)])))
-    return both_order_outcomes(np.concatenate(firsts), np.concatenate(seconds))
+    first, second = np.concatenate(firsts), np.concatenate(seconds)
+    unjudged = np.isnan(first).any(axis=1) | np.isnan(second).any(axis=1)
+    return np.where(unjudged, np.nan, both_order_outcomes(first, second))
 
 
 def comparison_plan(models: list[int], compare_to_base: bool) -> list[tuple[int, int, str]]:
@@ -238,12 +241,17 @@ def _compare_pair(config: RunConfig, ranker, prompts: pd.DataFrame, responses: d
     outcomes = judge(ranker, [texts[i] for i in ids], list(ra["response"]),
                      list(rb["response"]))
     diff = ra["num_tokens"].to_numpy(dtype=np.float64) - rb["num_tokens"].to_numpy(dtype=np.float64)
+    judged = ~np.isnan(outcomes)
+    if not judged.any():
+        raise ValueError(f"eval: the judge scored none of the {len(ids)} answers of "
+                         f"{iteration_name(a)} vs {iteration_name(b)} (see its log)")
+    outcomes, diff = outcomes[judged], diff[judged]
     stats = compare(outcomes, diff, samples=config.eval.bootstrap_samples,
                     confidence=config.eval.confidence, seed=config.eval.seed)
     log.info("eval: %s over %s: WR %.3f, LC WR %.3f (n=%d)", iteration_name(a), iteration_name(b),
              stats["win_rate"], stats["lc_win_rate"], stats["n"])
     return {"model": iteration_name(a), "baseline": iteration_name(b), "kind": kind,
-            "iteration": a, **stats}
+            "iteration": a, **stats, "unjudged": int((~judged).sum())}
 
 
 def _model_summary(frame: pd.DataFrame) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -302,3 +303,13 @@ def test_a_self_rewarding_judge_served_by_aipo_serve_rejects_what_it_cannot_scor
                                        judge_prompt="self_rewarding", judge_max_tokens=8))
     local_reason = local.best_worst(["Name a prime."], [["2", "4"]]).rejections[0]
     assert local_reason.split("last reply ")[1] == reason.split("last reply ")[1]
+
+
+def test_aipo_eval_judges_with_the_http_judge_and_never_counts_an_unjudged_answer(judge):
+    from aipo_ray.report.evaluate import judge as eval_judge
+
+    judge.reply = lambda m: "hmm" if "worth 9" in m else verdict(m)
+    ranker = build_ranker(config(judge, judge_prompt="self_rewarding"))
+    outcomes = eval_judge(ranker, ["p", "q", "r"], ["worth 3", "worth 9", "worth 1"],
+                          ["worth 1", "worth 2", "worth 1"])
+    assert outcomes[0] == 1.0 and outcomes[2] == 0.5 and np.isnan(outcomes[1])
