@@ -29,6 +29,8 @@ from .stage import Stage, StageContext
 PLACEMENT_KEYS = frozenset({
     "timeout_s", "max_retries", "max_failures", "checkpoint_every_steps", "cpus_per_replica",
     "cpus_per_worker", "engine_env",
+    # http_judge: how hard to try and how to authenticate, not what the judge says
+    "max_concurrency", "request_timeout_s", "request_retries", "api_key_env",
 })
 # Config values that name no content to hash.
 _SPECIAL_MODELS = frozenset({"policy"})

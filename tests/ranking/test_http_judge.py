@@ -313,3 +313,18 @@ def test_aipo_eval_judges_with_the_http_judge_and_never_counts_an_unjudged_answe
     outcomes = eval_judge(ranker, ["p", "q", "r"], ["worth 3", "worth 9", "worth 1"],
                           ["worth 1", "worth 2", "worth 1"])
     assert outcomes[0] == 1.0 and outcomes[2] == 0.5 and np.isnan(outcomes[1])
+
+
+def test_how_hard_the_http_judge_tries_leaves_the_rankings_fingerprint_alone():
+    from aipo_ray.pipeline.fingerprint import content_config
+
+    def ranking_identity(**overrides):
+        run = RunConfig.model_validate({"name": "t", "model": {"path": "m"}, "ranking": {
+            "backend": "http_judge", "url": "http://127.0.0.1:1/v1", "model": "j", **overrides}})
+        return content_config(run, ("ranking",))
+
+    same = ranking_identity()
+    assert ranking_identity(request_timeout_s=5, request_retries=9, max_concurrency=2,
+                            api_key_env="OTHER_KEY") == same
+    assert ranking_identity(judge_prompt="self_rewarding") != same
+    assert ranking_identity(url="http://127.0.0.1:2/v1") != same
