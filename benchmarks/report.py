@@ -60,6 +60,32 @@ def ranking_rows(r: dict) -> list[str]:
     ]
 
 
+def reward_model_rows(r: dict) -> list[str]:
+    f = r["figures"]
+    return [
+        _row("ranking (reward model)", "conversations/s, batched vs one per forward",
+             f["conversations_per_s_ours"], f["conversations_per_s_plain_transformers"],
+             f["speedup_vs_plain_transformers"], "baseline: plain transformers loop; ratio > 1: ours faster"),
+        _row("", "max abs(score − plain transformers score)", f["max_abs_score_diff"], None, None,
+             "same best/worst" if f["same_best_worst"] else "**best/worst differ**"),
+    ]
+
+
+def pairrm_real_size_rows(r: dict) -> list[str]:
+    f = r["figures"]
+    base = f[f"prompts_per_s_{f['baseline']}"]
+    return [
+        _row("ranking (PairRM, real size)", "prompts/s, tournament", f["prompts_per_s_ours_tournament"],
+             base, f["speedup_tournament_vs_llm_blender"], f"baseline: {f['baseline']}; ratio > 1: ours faster"),
+        _row("", "prompts/s, full matrix", f["prompts_per_s_ours_full"], base,
+             f["speedup_full_vs_llm_blender"], "full matrix's best/worst = llm-blender's: "
+             + ("yes" if f["full_best_worst_equal_llm_blender"] else "**no**")),
+        _row("", "tournament best / worst = llm-blender's", f["tournament_best_agrees_with_llm_blender"],
+             f["tournament_worst_agrees_with_llm_blender"], None,
+             "fraction of prompts (best, worst); random weights"),
+    ]
+
+
 def generation_rows(r: dict) -> list[str]:
     f = r["figures"]
     rows = []
@@ -167,6 +193,7 @@ def load_memory_rows(r: dict) -> list[str]:
 
 
 FORMATTERS = [("train_vs_trl", train_rows), ("ranking", ranking_rows),
+              ("reward_model", reward_model_rows), ("pairrm_real_size", pairrm_real_size_rows),
               ("generation_cpu", generation_rows), ("generation_gpu", generation_rows),
               ("iteration_split", split_rows), ("training_gpu", None), ("scaling_paper", scaling_rows),
               ("driver_memory", memory_rows), ("trainer_e2e", e2e_rows),
