@@ -37,6 +37,7 @@ RUN_DIR ?= runs/tiny-cpu
 # The main job: 2 real iterations of SmolLM2-135M on an embedded local Ray, then the report.
 run: $(STAMP)
 	$(BIN)/aipo run pipelines/configs/tiny_cpu.yaml --run-dir $(RUN_DIR)
+	$(BIN)/aipo eval $(RUN_DIR)
 	$(BIN)/aipo report $(RUN_DIR)
 	@echo "checkpoints: $(RUN_DIR)/models/ (LATEST: $$(cat $(RUN_DIR)/LATEST))"
 	@echo "report:      $(RUN_DIR)/report/index.html"

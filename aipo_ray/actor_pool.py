@@ -22,7 +22,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -150,21 +150,33 @@ class StalledError(RuntimeError):
 
 
 def output_refs(ds: ray.data.Dataset, stall: Stall | None = None,
-                prompt_ids: Sequence[str] = ()) -> list[ray.ObjectRef]:
+                prompt_ids: Sequence[str] = (),
+                on_rows: Callable[[int], None] | None = None) -> list[ray.ObjectRef]:
     """Run `ds` and return its blocks' refs (the rows stay in the object store).
 
     With `stall`, a watchdog on the consuming side fails when no block completes in time, stops
     the Ray Data execution, and names the prompt ids of `prompt_ids` not yet in the output.
+    `on_rows(n)` is called on the driver as each output bundle of n rows arrives (progress).
     """
     if stall is None:
-        return [ref for bundle in ds.iter_internal_ref_bundles() for ref in bundle.block_refs]
-    return _watched_refs(ds, stall, prompt_ids)
+        refs = []
+        for bundle in ds.iter_internal_ref_bundles():
+            refs.extend(bundle.block_refs)
+            _count(bundle, on_rows)
+        return refs
+    return _watched_refs(ds, stall, prompt_ids, on_rows)
+
+
+def _count(bundle: Any, on_rows: Callable[[int], None] | None) -> None:
+    if on_rows is not None:
+        on_rows(bundle.num_rows() or 0)
 
 
 _DONE = object()
 
 
-def _watched_refs(ds: ray.data.Dataset, stall: Stall, prompt_ids: Sequence[str]) -> list:
+def _watched_refs(ds: ray.data.Dataset, stall: Stall, prompt_ids: Sequence[str],
+                  on_rows: Callable[[int], None] | None = None) -> list:
     # Ray 2.60 offers no public way to stop an execution from outside its iterator, and its
     # public iterators block until the first output; so the executor is built here (as Dataset
     # does internally) and its handle kept to shut it down.
@@ -175,7 +187,7 @@ def _watched_refs(ds: ray.data.Dataset, stall: Stall, prompt_ids: Sequence[str])
     def consume() -> None:
         try:
             for bundle in bundles:
-                arrivals.put(bundle.block_refs)
+                arrivals.put(bundle)
             arrivals.put(_DONE)
         except BaseException as e:  # handed to the waiting thread
             arrivals.put(e)
@@ -195,7 +207,8 @@ def _watched_refs(ds: ray.data.Dataset, stall: Stall, prompt_ids: Sequence[str])
             return refs
         if isinstance(item, BaseException):
             raise item
-        refs.extend(item)
+        refs.extend(item.block_refs)
+        _count(item, on_rows)
         allowance = stall.timeout_s
 
 

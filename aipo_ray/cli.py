@@ -7,16 +7,18 @@ import json
 import logging
 import os
 import sys
+import time
 
 from aipo_ray.config import ConfigError, load_config
+from aipo_ray.console import console_stream, log_to_run_dir, restore_stderr
 
 log = logging.getLogger("aipo_ray")
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, capture_native: bool = False) -> None:
     from aipo_ray.console import setup_logging
 
-    setup_logging(verbose)
+    setup_logging(verbose, capture_native)
 
 
 def cmd_validate(args) -> int:
@@ -113,18 +115,44 @@ def cmd_status(args) -> int:
     from aipo_ray.pipeline.status import NotARunDirectory, format_status, run_status
     from aipo_ray.storage import RunDir
 
-    try:
-        info = run_status(RunDir(args.run_dir, StorageConfig()))
-    except NotARunDirectory as e:
-        print(f"aipo status: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(info, indent=2) if args.json else format_status(info))
-    return 0
+    run_dir = RunDir(args.run_dir, StorageConfig())
+    while True:
+        try:
+            info = run_status(run_dir)
+        except NotARunDirectory as e:
+            print(f"aipo status: {e}", file=sys.stderr)
+            return 2
+        text = json.dumps(info, indent=2) if args.json else format_status(info)
+        if not args.watch:
+            print(text)
+            return 0
+        if sys.stdout.isatty():
+            print("\033[H\033[2J", end="")  # clear the screen, cursor home
+        print(text, flush=True)
+        if _run_finished(info):
+            return 0
+        time.sleep(args.watch)
+
+
+def _run_finished(info: dict) -> bool:
+    """The planned last iteration's model is committed (what `--watch` waits for)."""
+    from aipo_ray.storage import iteration_name
+
+    planned = info.get("iterations_planned") or 0
+    return any(ck["committed"] and ck["name"] == iteration_name(planned)
+               for ck in info.get("checkpoints", []))
+
+
+def _log_to(run_dir: str) -> None:
+    """Detail of a command on an existing run directory goes to its logs/ (never creates one)."""
+    if "://" in run_dir or os.path.isdir(run_dir):
+        log_to_run_dir(run_dir)
 
 
 def cmd_report(args) -> int:
     from aipo_ray.report import write_report
 
+    _log_to(args.run_dir)
     path = write_report(args.run_dir, output=args.output)
     print(f"report written: {path}")
     return 0
@@ -132,9 +160,19 @@ def cmd_report(args) -> int:
 
 def cmd_eval(args) -> int:
     from aipo_ray.report.evaluate import evaluate_run
+    from aipo_ray.report.winrate import format_comparison
 
+    _log_to(args.run_dir)  # generation and the judge log there, not on the console
     result = evaluate_run(args.run_dir, overrides=args.overrides)
-    print(json.dumps(result, indent=2))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    judge = result["judge"]
+    print(f"eval of {result['run_dir']}: {result['prompts']['n']} held-out prompts, judge "
+          f"{judge['backend']} ({judge['model']}), both orders")
+    for comparison in result["comparisons"]:
+        print("  " + format_comparison(comparison))
+    print(f"  details: {result['run_dir']}/eval.json")
     return 0
 
 
@@ -193,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("status", help="iterations, stages, rows, checkpoints and elapsed time")
     sp.add_argument("run_dir")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.add_argument("--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
+                    help="refresh every SECONDS (default 2) until the run is done; Ctrl-C stops")
     sp.set_defaults(fn=cmd_status)
 
     sp = sub.add_parser("validate", help="print the resolved config, or every error in it")
@@ -217,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("eval", help="win rate of each committed model over the previous one")
     sp.add_argument("run_dir")
+    sp.add_argument("--json", action="store_true", help="print eval.json instead of a summary")
     overrides(sp)
     sp.set_defaults(fn=cmd_eval)
 
@@ -246,15 +287,19 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
-    _setup_logging(args.verbose)
+    # The real command (argv None) keeps native stderr off the console; in-process callers
+    # (tests, scripts) keep their own stderr.
+    _setup_logging(args.verbose, capture_native=argv is None)
     try:
         return args.fn(args)
     except ConfigError as e:
-        print(f"aipo {args.command}: {e}", file=sys.stderr)
+        print(f"aipo {args.command}: {e}", file=console_stream())
         return 2
     except KeyboardInterrupt:
-        print("interrupted; `aipo resume` continues where this stopped", file=sys.stderr)
+        print("interrupted; `aipo resume` continues where this stopped", file=console_stream())
         return 130
+    finally:
+        restore_stderr()
 
 
 if __name__ == "__main__":

@@ -18,16 +18,23 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 CONSOLE = "aipo_ray.console"
 LOG_DIR = "logs"
 DRIVER_LOG = "driver.log"
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-_PLAIN_EVERY_S = 10.0
+_PLAIN_EVERY_S = 15.0
 
 console = logging.getLogger(CONSOLE)
 _verbose = False
+# Set by the `aipo` command (not by the Python API or tests): the process's own stderr, file
+# descriptor 2, then goes to the driver log too, so output that bypasses Python logging (Ray's
+# C++ core worker, native libraries, tracebacks printed by threads) stays off the console.
+_capture_native = False
+_console_stream = None  # the terminal's stderr once fd 2 points at the log file
+_saved_stderr_fd: int | None = None
 
 
 def verbose() -> bool:
@@ -46,10 +53,15 @@ class _ConsoleFilter(logging.Filter):
         return record.levelno >= logging.ERROR
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """The console half: quiet by default, everything at INFO (DEBUG for aipo_ray) with -v."""
-    global _verbose
+def setup_logging(verbose: bool = False, capture_native: bool = False) -> None:
+    """The console half: quiet by default, everything at INFO (DEBUG for aipo_ray) with -v.
+
+    `capture_native` (the `aipo` command without -v): once a run's log file is known
+    (`log_to_run_dir`), file descriptor 2 is pointed at it and the console keeps the terminal.
+    """
+    global _verbose, _capture_native
     _verbose = verbose
+    _capture_native = capture_native and not verbose
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_aipo_console", False):
@@ -96,42 +108,111 @@ def log_to_run_dir(run_dir_uri: str) -> str | None:
     handler.setFormatter(logging.Formatter(_FORMAT))
     handler.setLevel(logging.DEBUG)
     root.addHandler(handler)
+    if _capture_native:
+        _redirect_stderr_fd(path)
     return str(path)
 
 
+def console_stream():
+    """Where console output goes: the terminal's stderr, also after fd 2 was redirected."""
+    return _console_stream or sys.stderr
+
+
+def _redirect_stderr_fd(path: Path) -> None:
+    """Point fd 2 at `path`; console handlers keep a duplicate of the terminal's descriptor."""
+    global _console_stream, _saved_stderr_fd
+    if _saved_stderr_fd is not None:
+        return
+    sys.stderr.flush()
+    _saved_stderr_fd = os.dup(2)
+    _console_stream = os.fdopen(os.dup(_saved_stderr_fd), "w", buffering=1,
+                                encoding="utf-8", errors="replace")
+    log_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, "_aipo_console", False):
+            handler.setStream(_console_stream)
+
+
+def restore_stderr() -> None:
+    """Undo `_redirect_stderr_fd` (the end of an `aipo` command)."""
+    global _console_stream, _saved_stderr_fd
+    if _saved_stderr_fd is None:
+        return
+    sys.stderr.flush()
+    os.dup2(_saved_stderr_fd, 2)
+    os.close(_saved_stderr_fd)
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, "_aipo_console", False):
+            handler.setStream(sys.stderr)
+    if _console_stream is not None:
+        _console_stream.close()
+    _console_stream, _saved_stderr_fd = None, None
+
+
 def _interactive() -> bool:
-    return sys.stderr.isatty() and os.environ.get("CI") is None
+    return console_stream().isatty() and os.environ.get("CI") is None
 
 
 class StageProgress:
-    """Rows done of a running stage: a live line on a terminal, sparse plain lines elsewhere."""
+    """Rows done of a running stage: a live line on a terminal, sparse plain lines elsewhere.
 
-    def __init__(self, label: str, total: int | None):
-        self.label, self.total = label, total
-        self.done = 0
-        self.started = self._last_plain = time.time()
+    `report`, when given, receives `snapshot()` at most every `report_every_s` seconds and at
+    the end (the runner writes it to the stage's `_PROGRESS` for `aipo status`).
+    """
+
+    def __init__(self, label: str, total: int | None, done: int = 0,
+                 report: Callable[[dict], None] | None = None, report_every_s: float = 5.0,
+                 unit: str = "rows"):
+        self.label, self.total, self.unit = label, total, unit
+        self.done = self._first = done  # rows committed by an earlier run count as done
+        self.started = self._last_plain = self._last_report = time.time()
         self.live = _interactive()
+        self.report, self.report_every_s = report, report_every_s
 
     def update(self, rows: int) -> None:
         self.done += rows
         now = time.time()
         if self.live:
-            sys.stderr.write("\r" + self.line(now) + "\033[K")
-            sys.stderr.flush()
+            console_stream().write("\r" + self.line(now) + "\033[K")
+            console_stream().flush()
         elif now - self._last_plain >= _PLAIN_EVERY_S:
             self._last_plain = now
             console.info(self.line(now))
+        if self.report is not None and now - self._last_report >= self.report_every_s:
+            self._last_report = now
+            self.report(self.snapshot(now))
+
+    def rate(self, now: float | None = None) -> float:
+        elapsed = (now or time.time()) - self.started
+        return (self.done - self._first) / elapsed if elapsed > 0 else 0.0
+
+    def eta_s(self, now: float | None = None) -> float | None:
+        rate = self.rate(now)
+        if not self.total or rate <= 0:
+            return None
+        return max(self.total - self.done, 0) / rate
+
+    def snapshot(self, now: float | None = None) -> dict:
+        now = now or time.time()
+        eta = self.eta_s(now)
+        return {"unit": self.unit, "done": self.done, "total": self.total,
+                "per_s": round(self.rate(now), 3),
+                "elapsed_s": round(now - self.started, 1),
+                "eta_s": None if eta is None else round(eta, 1), "updated_at": now}
 
     def line(self, now: float | None = None) -> str:
-        elapsed = (now or time.time()) - self.started
-        rate = self.done / elapsed if elapsed > 0 else 0.0
+        now = now or time.time()
         of = f"/{self.total}" if self.total else ""
-        eta = ""
-        if self.total and rate > 0:
-            eta = f", ETA {(self.total - self.done) / rate:.0f}s"
-        return f"{self.label}  {self.done}{of} rows, {rate:.1f} rows/s, {elapsed:.0f}s{eta}"
+        eta = self.eta_s(now)
+        eta_text = "" if eta is None else f", ETA {eta:.0f}s"
+        return (f"{self.label}  {self.done:g}{of} {self.unit}, {self.rate(now):.1f} {self.unit}/s, "
+                f"{now - self.started:.0f}s{eta_text}")
 
     def close(self) -> None:
         if self.live:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
+            console_stream().write("\r\033[K")
+            console_stream().flush()
+        if self.report is not None:
+            self.report(self.snapshot())

@@ -17,6 +17,7 @@ shards whose markers match the current plan, so a killed run redoes only unfinis
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import posixpath
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from aipo_ray.actor_pool import Stall, as_table, output_refs
+from aipo_ray.console import StageProgress
 from aipo_ray.storage import RunDir, with_retries
 from aipo_ray.storage import shards as layout
 from aipo_ray.storage.tables import part_name, write_table
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     import ray.data
 
 log = logging.getLogger(__name__)
+
+PROGRESS = "_PROGRESS"  # the running stage's StageProgress snapshot, read by `aipo status`
 
 # (table of one shard's rows, the shard's prompt ids) -> (rows to write, counters to add up)
 Finish = Callable[[pa.Table, list[str]], tuple[pa.Table, dict[str, float]]]
@@ -54,6 +58,7 @@ class ShardJob:
     finish: Finish
     schema: pa.Schema
     stall: Stall | None = None
+    rows_per_prompt: int = 1  # output rows per input prompt (N candidates), for progress
 
 
 @dataclass
@@ -72,15 +77,21 @@ def run_sharded(name: str, ctx: StageContext, job: ShardJob) -> ShardTotals:
     plan = layout.plan_shards(job.prompt_ids, ctx.config.storage.shard_size)
     markers = _committed(rd, directory, plan, name)
     totals = ShardTotals()
+    progress = StageProgress(
+        f"  {name:<14}", total=len(job.prompt_ids), unit="prompts",
+        done=sum(int(m["prompts"]) for m in markers.values()),
+        report=functools.partial(_write_progress, rd, directory),
+    )
     for k, ids in enumerate(plan):
         if k not in markers:
             started = time.monotonic()
-            markers[k] = _run_shard(rd, directory, k, ids, job)
+            markers[k] = _run_shard(rd, directory, k, ids, job, progress)
             totals.redone.append(k)
             log.info("%s: shard %d of %d committed (%d prompts, %d rows, %.1fs)", name, k + 1,
                      len(plan), len(ids), markers[k]["rows"], time.monotonic() - started)
             _pause_for_tests(name, k)
         _add(totals, markers[k])
+    progress.close()
     if not plan:  # an empty table still has a part, so readers see its schema
         with_retries(lambda: write_table(rd.fs, directory, job.schema.empty_table(), job.schema),
                      f"write the empty {name} table", rd.storage)
@@ -106,13 +117,23 @@ def _committed(rd: RunDir, directory: str, plan: list[list[str]], name: str) -> 
     return markers
 
 
-def _run_shard(rd: RunDir, directory: str, k: int, ids: list[str], job: ShardJob) -> dict:
+def _run_shard(rd: RunDir, directory: str, k: int, ids: list[str], job: ShardJob,
+               progress: StageProgress) -> dict:
     import ray
 
-    refs = output_refs(job.build(job.read(ids)), job.stall, ids)
+    refs = output_refs(job.build(job.read(ids)), job.stall, ids,
+                       on_rows=lambda rows: progress.update(rows / job.rows_per_prompt))
     counts = ray.get(_writer().remote(rd, directory, k, ids, job.finish, job.schema, *refs))
     return with_retries(lambda: layout.write_marker(rd.fs, directory, k, ids, counts),
                         f"commit shard {k} of {directory}", rd.storage)
+
+
+def _write_progress(rd: RunDir, directory: str, snapshot: dict) -> None:
+    """The running stage's progress for `aipo status`; best effort, a lost update is harmless."""
+    try:
+        rd.fs.pipe_file(posixpath.join(directory, PROGRESS), json.dumps(snapshot).encode())
+    except OSError as e:
+        log.debug("could not write the progress of %s: %s", directory, e)
 
 
 @functools.cache

@@ -9,6 +9,7 @@ from typing import Any
 from aipo_ray.storage import MODELS, RUN_JSON, RunDir, read_success
 
 from .registry import stage_order
+from .sharded import PROGRESS
 
 _ITER = re.compile(r"iter_(\d{3,})$")
 
@@ -39,6 +40,7 @@ def run_status(run_dir: RunDir) -> dict[str, Any]:
     info["iterations"] = [{"iteration": it, "stages": _iteration_stages(run_dir, it, chain)}
                           for it in _iteration_numbers(run_dir)]
     info["checkpoints"] = _checkpoints(run_dir)
+    info["eta_s"] = _run_eta(info["iterations"], chain, info.get("iterations_planned"))
     report = run_dir.path("report", "index.html")
     info["report"] = run_dir.uri_of("report", "index.html") if run_dir.fs.exists(report) else None
     return info
@@ -79,9 +81,52 @@ def _iteration_stages(run_dir: RunDir, iteration: int, chain: list[str]) -> dict
                             "rows_out": rec.get("rows_out"),
                             "rejected": rec.get("rejected_total", 0), "seconds": rec.get("seconds"),
                             "reused_from": rec.get("reused_from")}
+        elif name in present:
+            stages[name] = {"state": "started", "done": False,
+                            "progress": _progress(run_dir, present[name])}
         else:
-            stages[name] = {"state": "started" if name in present else "pending", "done": False}
+            stages[name] = {"state": "pending", "done": False}
     return stages
+
+
+def _progress(run_dir: RunDir, directory: str) -> dict[str, Any] | None:
+    """The running stage's last progress snapshot (sharded stages write one every few seconds)."""
+    import json
+
+    path = f"{directory.rstrip('/')}/{PROGRESS}"
+    try:
+        return json.loads(run_dir.fs.cat_file(path))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _run_eta(iterations: list[dict], chain: list[str], planned: int | None) -> float | None:
+    """Seconds left, estimated from the stages already done: each unfinished stage of the planned
+    iterations is expected to take the mean time that stage took so far (the running one, its
+    own ETA when it reports one). None until at least one stage of each remaining kind is done."""
+    took: dict[str, list[float]] = {}
+    for it in iterations:
+        for name, st in it["stages"].items():
+            if st["done"] and st.get("seconds") is not None and not st.get("reused_from"):
+                took.setdefault(name, []).append(float(st["seconds"]))
+    if not planned or not chain:
+        return None
+    seen = {it["iteration"]: it["stages"] for it in iterations}
+    left = 0.0
+    for number in range(1, int(planned) + 1):
+        stages = seen.get(number, {})
+        for name in chain:
+            st = stages.get(name, {"state": "pending", "done": False})
+            if st["done"]:
+                continue
+            progress = st.get("progress") or {}
+            if progress.get("eta_s") is not None:
+                left += float(progress["eta_s"])
+            elif name in took:
+                left += sum(took[name]) / len(took[name])
+            else:
+                return None
+    return round(left, 1)
 
 
 def _checkpoints(run_dir: RunDir) -> list[dict[str, Any]]:
@@ -116,10 +161,22 @@ def format_status(info: dict[str, Any]) -> str:
                     f"{st['rejected']} rejected, {st['seconds']}s"
                 )
             else:
-                lines.append(f"    {name:<14} {st['state']}")
+                lines.append(f"    {name:<14} {st['state']}{_progress_text(st.get('progress'))}")
+    if info.get("eta_s") is not None:
+        lines.append(f"  ETA of the run: {info['eta_s']:.0f}s (from the stages done so far)")
     if info.get("report"):
         lines.append(f"  report: {info['report']}")
     for ck in info["checkpoints"]:
         state = "committed" if ck["committed"] else ("base pointer" if ck["pointer"] else "NOT committed")
         lines.append(f"  models/{ck['name']}: {state}")
     return "\n".join(lines)
+
+
+def _progress_text(progress: dict[str, Any] | None) -> str:
+    if not progress:
+        return ""
+    of = f"/{progress['total']}" if progress.get("total") else ""
+    unit = progress.get("unit", "rows")
+    eta = "" if progress.get("eta_s") is None else f", ETA {progress['eta_s']:.0f}s"
+    return (f"  {progress['done']:g}{of} {unit}, {progress.get('per_s', 0):.1f} {unit}/s, "
+            f"{progress.get('elapsed_s', 0):.0f}s{eta}")

@@ -114,3 +114,13 @@ def compare(outcomes: np.ndarray, length_diff: np.ndarray, samples: int = 1000,
         "mean_length_diff": float(length_diff.mean()),
         "confidence": confidence,
     }
+
+
+def format_comparison(c: dict) -> str:
+    """One line of an eval comparison: who beat whom, how often, with intervals and length."""
+    lo, hi = c["win_rate_ci"]
+    lc_lo, lc_hi = c["lc_win_rate_ci"]
+    return (f"{c['model']} vs {c['baseline']}: win rate {c['win_rate']:.2f} [{lo:.2f}, {hi:.2f}], "
+            f"LC {c['lc_win_rate']:.2f} [{lc_lo:.2f}, {lc_hi:.2f}]; "
+            f"{c['wins']} wins, {c['ties']} ties, {c['losses']} losses of {c['n']}; "
+            f"length {c['mean_length_diff']:+.1f} tokens")

@@ -1,13 +1,16 @@
 """The driver chains iterations, hands θ_i to iteration i+1, and resumes without redoing work."""
 
 import json
+import re
 
 import pyarrow as pa
 
 from aipo_ray.cli import main as aipo_main
 from aipo_ray.config import load_config
+from aipo_ray.console import StageProgress
 from aipo_ray.pipeline import Stage, StageResult
 from aipo_ray.pipeline.driver import resume, run
+from aipo_ray.pipeline.status import _run_eta
 from aipo_ray.storage import RunDir, make_prompt_id
 
 
@@ -101,6 +104,34 @@ def test_status_reports_stages_and_checkpoints(tmp_path, ray_cluster, capsys):
     assert names["iter_000"]["pointer"] and names["iter_002"]["committed"]
     assert aipo_main(["status", str(tmp_path / "run")]) == 0
     assert "latest model: iter_002" in capsys.readouterr().out
+
+
+def test_status_shows_a_started_stage_progress_and_watch_ends_with_the_run(tmp_path, ray_cluster,
+                                                                          capsys):
+    run(make_config(tmp_path), stages=[RecordPolicy(), MarkCommitted()])
+    rd = RunDir(str(tmp_path / "run"))
+    stage_dir = rd.iteration_path(2) + "/prompts"
+    rd.fs.rm_file(stage_dir + "/_SUCCESS")
+    snapshot = StageProgress("  prompts", total=12, done=3, unit="prompts").snapshot()
+    rd.fs.pipe_file(stage_dir + "/_PROGRESS", json.dumps({**snapshot, "eta_s": 42.0}).encode())
+    assert aipo_main(["status", str(tmp_path / "run")]) == 0
+    assert re.search(r"prompts\s+started\s+3/12 prompts, .*ETA 42s", capsys.readouterr().out)
+    # --watch returns once every planned stage is done (here: at once, after the rerun).
+    run(make_config(tmp_path), stages=[RecordPolicy(), MarkCommitted()])
+    assert aipo_main(["status", str(tmp_path / "run"), "--watch", "0.1"]) == 0
+
+
+def test_run_eta_adds_up_the_mean_time_of_each_stage_left():
+    done = {"state": "done", "done": True}
+    iterations = [
+        {"iteration": 1, "stages": {"a": {**done, "seconds": 10.0}, "b": {**done, "seconds": 30.0}}},
+        {"iteration": 2, "stages": {"a": {**done, "seconds": 20.0},
+                                    "b": {"state": "started", "done": False,
+                                          "progress": {"eta_s": 5.0}}}},
+    ]
+    # iteration 2's b: its own ETA (5); iteration 3: mean a (15) + mean b (30).
+    assert _run_eta(iterations, ["a", "b"], planned=3) == 50.0
+    assert _run_eta(iterations, ["a", "b", "c"], planned=3) is None  # c never ran: unknown
 
 
 def test_status_of_a_path_that_is_not_a_run_directory_exits_2(tmp_path, capsys):
