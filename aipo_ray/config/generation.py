@@ -32,6 +32,13 @@ class GenerationConfig(StrictModel):
         default="auto", description="auto: bfloat16 on GPU replicas, float32 on CPU"
     )
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to vLLM")
+    share_engine: bool = Field(
+        default=True,
+        description="vllm: one engine per model and settings, kept by the driver and shared by "
+        "the stages of an iteration that generate with θ_t (self_instruct, generations); released "
+        "before stages that need its resources. false: ray.data.llm starts engines per stage. "
+        "tensor_parallel_size > 1 always uses ray.data.llm",
+    )
     engine_env: dict[str, str] = Field(
         default_factory=dict,
         description="environment of the vLLM engine actors, e.g. VLLM_CPU_NUM_OF_RESERVED_CPU",

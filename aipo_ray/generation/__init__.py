@@ -16,10 +16,11 @@ from .base import (
     check_candidates,
     progress_deadline,
 )
+from .engines import release_engines
 from .registry import GENERATORS, available_generators, register_generator
 
 __all__ = [
     "GENERATORS", "LENGTH", "OUTPUT_COLUMNS", "STOP", "GenerationError", "Generator", "Sampling",
     "available_generators", "candidate_seed", "check_candidates", "generate", "get_generator", "progress_deadline",
-    "register_generator",
+    "register_generator", "release_engines",
 ]

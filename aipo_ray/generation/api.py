@@ -36,6 +36,10 @@ def generate(
     `model` (the run's `model` section) says how θ_t is read: its tokenizer, chat template,
     trust_remote_code and dtype (`generation.dtype` wins over `model.dtype` when set). None
     reads `model_uri` as it is.
+
+    With the vllm backend and `cfg.share_engine`, the engine stays up after the call, for the
+    next call with the same model and settings; `release_engines()` gives its CPUs/GPUs back
+    (the pipeline runner does so before stages that need them; it also runs at exit).
     """
     sampling = Sampling.resolve(cfg, n=n, max_tokens=max_tokens, temperature=temperature,
                                 top_p=top_p)

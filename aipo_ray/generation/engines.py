@@ -1,0 +1,294 @@
+"""vLLM engines shared by the stages of an iteration: started once, shut down cleanly.
+
+`ray.data.llm` starts an engine for every Dataset it runs and kills it when the Dataset is done:
+self-instruct and the generations stage of one iteration each paid a full start-up (Ray worker
+imports vLLM, vLLM spawns its EngineCore and worker processes which import it again, then load
+the model) for the same θ_t, and the killed engine never ran vLLM's shutdown, so every engine
+left a `/dev/shm/psm_*` segment behind and its resource tracker printed `KeyError: '/psm_...'`.
+
+Here an engine is a Ray actor (`EngineActor`) owning one `vllm.LLM`, built with the same
+`engine_kwargs`, environment and resources as the `ray.data.llm` path would use. The driver
+keeps them in a cache keyed by everything that determines them (resolved model path, engine
+kwargs, env, resources, replicas): a second `generate` with the same model and settings reuses
+the engines; one with another key releases the held engines first (one set at a time, so a
+changed θ_t never waits for CPUs the old engine holds).
+
+    actors = shared_engines(path, kwargs, env, bundle, num_replicas)   # started or reused
+    release_engines()       # EngineCore and workers exit, shared memory unlinked, actors gone
+
+`release_engines()` runs at driver exit (atexit) too; the pipeline runner calls it before any
+stage that asks for resources and does not generate with θ_t, at the end of each iteration and
+of the run, and when a stage fails.
+
+Only single-worker engines (tensor_parallel_size 1, on CPU or one GPU) are shared; larger ones
+keep the `ray.data.llm` path, whose placement groups span several bundles.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+if TYPE_CHECKING:
+    import ray
+
+log = logging.getLogger(__name__)
+
+# How long a clean engine shutdown may take before the actor is killed regardless.
+SHUTDOWN_TIMEOUT_S = 60.0
+# vLLM waits this long for its EngineCore to exit after SIGTERM before it kills it.
+_CORE_EXIT_TIMEOUT_S = 10.0
+
+
+class EngineActor:
+    """One vLLM engine in an async Ray actor: `generate` runs a block of requests, `shutdown`
+    stops it.
+
+    The engine is vLLM's AsyncLLM (as in ray.data.llm): blocks in flight at the same time are
+    batched together by its scheduler. Requests are the rows `vllm_engine._requests` builds
+    (prompt token ids, candidate seeds); sampling parameters come from
+    `vllm_engine._to_request` and rows from `_to_row`, exactly as on the `ray.data.llm` path,
+    so the same requests give the same candidates.
+    """
+
+    def __init__(self, model_path: str, engine_kwargs: dict[str, Any]):
+        import vllm
+
+        self.started = time.time()
+        self.engine = vllm.AsyncLLMEngine.from_engine_args(
+            vllm.AsyncEngineArgs(model=model_path, **engine_kwargs))
+        self.calls = 0
+        self.requests = 0
+
+    async def generate(self, requests: pa.Table, sampling: Any, per_request_seed: bool,
+                       eos_ids: list[int], schema: pa.Schema) -> pa.Table:
+        import asyncio
+
+        from .vllm_engine import _to_row
+
+        self.calls += 1
+        rows = requests.to_pylist()
+        completions = await asyncio.gather(*(self._one(r, sampling, per_request_seed)
+                                             for r in rows))
+        out = [_to_row({**row, "generated_text": c.text, "generated_tokens": list(c.token_ids)},
+                       eos_ids=eos_ids, max_tokens=sampling.max_tokens)
+               for row, c in zip(rows, completions, strict=True)]
+        if not out:
+            return schema.empty_table()
+        return pa.Table.from_pylist(out).select(schema.names).cast(schema)
+
+    async def _one(self, row: dict[str, Any], sampling: Any, per_request_seed: bool) -> Any:
+        from vllm import SamplingParams
+
+        from .vllm_engine import _to_request
+
+        params = SamplingParams(**_to_request(row, sampling, per_request_seed)["sampling_params"])
+        request_id = f"aipo-{self.requests}"
+        self.requests += 1
+        final = None
+        async for output in self.engine.generate(
+                request_id=request_id, sampling_params=params,
+                prompt={"prompt_token_ids": [int(t) for t in row["tokenized_prompt"]]}):
+            final = output
+        if final is None or not final.finished:
+            raise RuntimeError(f"vLLM ended request {row['prompt_id']} without finishing it")
+        return final.outputs[0]
+
+    def info(self) -> dict[str, Any]:
+        """The actor's pid, its live descendant processes (EngineCore, workers, vLLM's resource
+        tracker), the /dev/shm segments they map, and the calls served."""
+        procs = _descendants(os.getpid())
+        return {"pid": os.getpid(), "children": procs, "calls": self.calls,
+                "started": self.started, "shm": _shm_mapped([os.getpid(), *procs])}
+
+    def shutdown(self) -> dict[str, Any]:
+        """Stop the engine the way vLLM does: SIGTERM to EngineCore (which stops its workers),
+        wait, close the sockets and unlink the shared-memory queues. Returns what was stopped."""
+        children = _children(os.getpid())
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown(timeout=_CORE_EXIT_TIMEOUT_S)
+            self.engine = None
+            import gc
+
+            gc.collect()  # drops the MessageQueue buffers this process created (their __del__)
+        return {"pid": os.getpid(), "children": children, "left": _children(os.getpid())}
+
+
+def _descendants(pid: int) -> list[int]:
+    out = []
+    for kid in _children(pid):
+        out += [kid, *_descendants(kid)]
+    return out
+
+
+def _shm_mapped(pids: list[int]) -> list[str]:
+    """Names of the /dev/shm files that these processes map (Linux; [] elsewhere)."""
+    names = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                names.update(line.split("/dev/shm/", 1)[1].split()[0]
+                             for line in f if "/dev/shm/" in line)
+        except OSError:
+            continue
+    return sorted(names)
+
+
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) child processes of `pid`, from /proc (Linux); [] elsewhere."""
+    kids = []
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")  # each thread lists the children it started
+    except OSError:
+        return []
+    for tid in threads:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids += [int(p) for p in f.read().split()]
+        except OSError:
+            continue
+    alive = []
+    for kid in kids:
+        try:
+            with open(f"/proc/{kid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(kid)
+    return alive
+
+
+@dataclass
+class _EngineSet:
+    key: str
+    actors: list = field(default_factory=list)
+    # One `info` call per actor, queued behind its constructor: done when the engine is up.
+    ready: list = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+
+_lock = threading.RLock()
+_held: dict[str, _EngineSet] = {}
+_starts = 0
+_atexit_registered = False
+
+
+def engine_key(model_path: str, engine_kwargs: dict[str, Any], env: dict[str, str],
+               bundle: dict[str, float], num_replicas: int) -> str:
+    """Everything that determines an engine set, as one string (the cache key)."""
+    return json.dumps({"model": model_path, "engine_kwargs": engine_kwargs, "env": env,
+                       "bundle": bundle, "num_replicas": num_replicas},
+                      sort_keys=True, default=str)
+
+
+def shared_engines(model_path: str, engine_kwargs: dict[str, Any], env: dict[str, str],
+                   bundle: dict[str, float], num_replicas: int) -> list[ray.actor.ActorHandle]:
+    """The engine actors for this key: the held ones, or new ones (after releasing any other
+    set). The actors are created here; their engines load in the background, and the first
+    `generate` call waits for them."""
+    global _starts
+    key = engine_key(model_path, engine_kwargs, env, bundle, num_replicas)
+    with _lock:
+        held = _held.get(key)
+        if held is not None:
+            log.info("reusing the vLLM engine(s) of %s (%d replica(s))", model_path, num_replicas)
+            return held.actors
+        release_engines()
+        _register_atexit()
+        import ray
+
+        options: dict[str, Any] = {
+            "num_cpus": bundle.get("CPU", 1), "num_gpus": bundle.get("GPU", 0),
+            # A dead engine restarts (reloading the model) and its call is retried, as Ray
+            # Data's pools do; the stall watchdog stops an engine that keeps dying.
+            "max_restarts": 2, "max_task_retries": 2,
+        }
+        if env:
+            options["runtime_env"] = {"env_vars": dict(env)}
+        actor_cls = ray.remote(EngineActor)
+        actors = [actor_cls.options(**options).remote(model_path, engine_kwargs)
+                  for _ in range(num_replicas)]
+        _held[key] = _EngineSet(key, actors, [a.info.remote() for a in actors])
+        _starts += num_replicas
+        log.info("started %d vLLM engine(s) for %s", num_replicas, model_path)
+        return actors
+
+
+def release_engines(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> int:
+    """Shut every held engine down cleanly, then end its actor; returns how many were held.
+
+    An engine still starting (its constructor not done) is killed at once: there is no engine
+    yet to stop, and waiting would hold a failed stage for the rest of its start-up. One that
+    does not stop within `timeout_s` (a hung or long call ahead of the shutdown) is killed too.
+    """
+    with _lock:
+        sets = list(_held.values())
+        _held.clear()
+    if not sets:
+        return 0
+    import ray
+
+    actors = [a for s in sets for a in s.actors]
+    if not ray.is_initialized():
+        return len(actors)  # the cluster (and the engines with it) is already gone
+    started = time.monotonic()
+    ready_refs = [r for s in sets for r in s.ready]
+    done, _ = ray.wait(ready_refs, num_returns=len(ready_refs), timeout=0)
+    up = [a for a, r in zip(actors, ready_refs, strict=True) if r in done]
+    if len(up) < len(actors):
+        log.info("killing %d vLLM engine(s) still starting", len(actors) - len(up))
+    pending = [a.shutdown.remote() for a in up]
+    try:
+        ray.get(pending, timeout=timeout_s)
+    except Exception as e:  # a dead, hung or failed engine: killed below all the same
+        log.warning("vLLM engine shutdown did not complete cleanly (%s); killing the actor(s)",
+                    type(e).__name__)
+    for actor in actors:
+        _end_actor(actor)
+    log.info("released %d vLLM engine(s) in %.1fs", len(actors), time.monotonic() - started)
+    return len(actors)
+
+
+def _end_actor(actor: Any) -> None:
+    """End the actor process. After `shutdown` it holds no engine, child process or shared
+    memory, so killing it leaves nothing behind (and frees its CPUs/GPUs at once)."""
+    import ray
+
+    with contextlib.suppress(Exception):  # already dead
+        ray.kill(actor, no_restart=True)
+
+
+def engine_starts() -> int:
+    """Engines started by this driver so far (tests and benchmarks count reuse with it)."""
+    return _starts
+
+
+def held_engines() -> int:
+    """Engine actors this driver holds now."""
+    with _lock:
+        return sum(len(s.actors) for s in _held.values())
+
+
+def _register_atexit() -> None:
+    global _atexit_registered
+    if not _atexit_registered:
+        atexit.register(_release_at_exit)
+        _atexit_registered = True
+
+
+def _release_at_exit() -> None:
+    try:
+        release_engines(timeout_s=30)
+    except Exception as e:  # interpreter shutdown: best effort
+        log.debug("releasing vLLM engines at exit failed: %s", e)
