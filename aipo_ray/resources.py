@@ -111,13 +111,24 @@ def generation_asks(config: RunConfig) -> list[ResourceAsk]:
 
     vLLM (ray.data.llm) runs an autoscaling pool of 1..num_replicas engines, so one engine must
     fit: its placement group of `tensor_parallel_size` bundles (PACK: one node or several).
+    Shared engines (`generation.share_engine`, single-worker engines) are a fixed set of
+    num_replicas actors that requests are dealt to round robin: all of them must fit.
     """
     cfg = config.generation
     if cfg.resolved_backend() != "vllm":
         return [_pool_ask("generation", cfg, "a generation replica")]
-    from aipo_ray.generation.vllm_engine import _bundle  # what the engine really asks
+    from aipo_ray.generation.vllm_engine import _bundle, shares_engine  # what the engine asks
 
     on_gpu = cfg.gpus_per_replica > 0
+    if shares_engine(cfg):
+        return [ResourceAsk(
+            key="generation.gpus_per_replica" if on_gpu else "generation.cpus_per_replica",
+            bundle={k: float(v) for k, v in _bundle(cfg).items()},
+            count=cfg.num_replicas, gang=True, what="a shared vLLM engine",
+            count_key="generation.num_replicas",
+            resource_keys=({"GPU": "generation.gpus_per_replica"} if on_gpu
+                           else {"CPU": "generation.cpus_per_replica"}),
+        )]
     return [ResourceAsk(
         key="generation.gpus_per_replica" if on_gpu else "generation.cpus_per_replica",
         bundle={k: float(v) for k, v in _bundle(cfg).items()},

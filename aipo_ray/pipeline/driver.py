@@ -18,6 +18,7 @@ from typing import Any
 from aipo_ray import __version__
 from aipo_ray.config import RunConfig, load_config
 from aipo_ray.console import console, log_to_run_dir
+from aipo_ray.generation.engines import release_engines
 from aipo_ray.models import POINTER
 from aipo_ray.resources import check_cluster, stage_asks
 from aipo_ray.runtime import init_ray
@@ -112,11 +113,15 @@ def run(
     log_plan(plan_run(config, factory, rd, total))
     summary = RunSummary(run_dir=rd.uri)
     started = time.time()
-    for iteration in range(1, total + 1):
-        it_config = config.for_iteration(iteration)  # with the iteration_overrides due by then
-        ctx = StageContext(config=it_config, run_dir=rd, iteration=iteration, shared=shared)
-        records = run_iteration(list(factory(it_config, iteration)), ctx, total)
-        summary.iterations.append({"iteration": iteration, "stages": records})
+    try:
+        for iteration in range(1, total + 1):
+            it_config = config.for_iteration(iteration)  # with the iteration_overrides due by then
+            ctx = StageContext(config=it_config, run_dir=rd, iteration=iteration, shared=shared)
+            records = run_iteration(list(factory(it_config, iteration)), ctx, total)
+            summary.iterations.append({"iteration": iteration, "stages": records})
+            release_engines()  # θ_t's engine is done with; the next iteration generates with θ_t+1
+    finally:
+        release_engines()  # cleanly, whatever happened: no engine process or shared memory left
     summary.latest_model = rd.latest_model()
     summary.seconds = time.time() - started
     log.info("run finished: %s, latest model %s", rd.uri, summary.latest_model)

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from aipo_ray.console import console
+from aipo_ray.generation.engines import release_engines
 from aipo_ray.storage import clear_directory, with_retries, write_success
 
 from .fingerprint import digest, identity_payload
@@ -24,6 +25,8 @@ from .stage import Stage, StageContext, StageError, StageResult
 log = logging.getLogger(__name__)
 
 STARTED = "_STARTED"
+# How long a failed stage waits for its shared engines to stop cleanly before they are killed.
+FAILED_RELEASE_TIMEOUT_S = 15.0
 
 
 def is_done(stage: Stage, ctx: StageContext) -> bool:
@@ -53,13 +56,19 @@ def run_stage(stage: Stage, ctx: StageContext, force: bool = False) -> dict[str,
 
 def _execute(stage: Stage, ctx: StageContext, payload: dict[str, Any], fp: str, force: bool,
              where: str) -> dict[str, Any]:
+    _release_engines_for(stage, ctx)
     _check_resources(stage, ctx)
     directory = ctx.stage_path(stage.name)
     _prepare_directory(stage, ctx, directory, fp, force, where)
     log.info("%s: running", where)
     console.info("  %-14s running", stage.name)
     started = time.time()
-    result = stage.run(ctx)
+    try:
+        result = stage.run(ctx)
+    except BaseException:
+        # A failed stage may have left an engine hung or half started: no long wait for it.
+        release_engines(timeout_s=FAILED_RELEASE_TIMEOUT_S)
+        raise
     seconds = time.time() - started
     _pause_for_tests(stage.name, where)
     _check_rejected_fraction(result, ctx.config.max_bad_row_fraction, where, directory)
@@ -103,6 +112,14 @@ def _started_fingerprint(ctx: StageContext, marker: str) -> str | None:
     raw = with_retries(lambda: fs.cat_file(marker) if fs.exists(marker) else None,
                        f"read {marker}", ctx.run_dir.storage)
     return raw.decode().strip() if raw else None
+
+
+def _release_engines_for(stage: Stage, ctx: StageContext) -> None:
+    """Shared vLLM engines (generation/engines.py) hold CPUs/GPUs: a stage that asks for
+    resources and does not generate on them gets them back first (and the resource check below
+    then sees a cluster without them). Stages that generate with θ_t keep them."""
+    if not stage.shares_engine and stage.resource_asks(ctx.config):
+        release_engines()
 
 
 def _check_resources(stage: Stage, ctx: StageContext) -> None:

@@ -120,6 +120,9 @@ class Stage:
     # False when the output is more than the stage directory (a commit moves models and LATEST)
     # or cheaper to recompute than to copy: such a stage never takes another run's output.
     reusable: ClassVar[bool] = True
+    # True when the stage generates with θ_t on the driver's shared vLLM engines
+    # (generation/engines.py): the runner keeps them for it instead of releasing them.
+    shares_engine: ClassVar[bool] = False
 
     @classmethod
     def enabled(cls, config: RunConfig) -> bool:

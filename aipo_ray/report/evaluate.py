@@ -131,14 +131,16 @@ def default_generate(config: RunConfig) -> Callable[[pd.DataFrame, str], pd.Data
         import ray.data
 
         from aipo_ray.generation import generate
+        from aipo_ray.generation.engines import release_engines
         from aipo_ray.runtime import init_ray
 
         init_ray(config.ray)
         ds = ray.data.from_pandas(prompts[["prompt_id", "prompt"]])
         out = generate(ds, model_uri, config.generation, n=1, max_tokens=eval_max_tokens(config),
                        temperature=config.eval.temperature, top_p=config.eval.top_p,
-                       storage=config.storage, model=config.model)
-        return out.to_pandas()
+                       storage=config.storage, model=config.model).to_pandas()
+        release_engines()  # one call per model: the judge that follows needs the CPUs
+        return out
 
     return run
 

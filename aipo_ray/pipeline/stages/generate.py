@@ -27,6 +27,7 @@ class GenerateStage(PolicyStage):
     schema = GENERATIONS
     config_keys = ("generation", *MODEL_IO_KEYS)
     resumable = True
+    shares_engine = True  # the θ_t engine of self_instruct, when generation.share_engine
 
     def resource_asks(self, config):
         from aipo_ray.resources import generation_asks

@@ -56,6 +56,7 @@ class SelfInstructStage(PolicyStage):
     history_inputs = ("prompts",)
     config_keys = ("prompts", "seed", *_SELF_INSTRUCT_KEYS, *_ENGINE_KEYS, *MODEL_IO_KEYS)
     resumable = True  # sharded by request id (storage.shard_size requests per part)
+    shares_engine = True  # θ_t's engine stays up for the generations stage
 
     @classmethod
     def enabled(cls, config: RunConfig) -> bool:
