@@ -67,3 +67,16 @@ def test_registering_a_name_twice_is_refused():
     registry.register("a")(int)  # the same object again (a module imported twice) is fine
     with pytest.raises(ValueError, match="widget 'a' is already registered"):
         registry.register("a")(float)
+
+
+def test_a_user_ranker_runs_in_the_ray_data_actor_pool(ray_cluster):
+    """The actors import the builder's module (it travels pickled by reference), so a ranker
+    registered outside aipo_ray validates and builds there too."""
+    import ray.data
+
+    from aipo_ray.ranking import rank_pool
+
+    cfg = RankingConfig(backend="test_longest", options={"bonus": 0})
+    ds = ray.data.from_items([{"prompt_id": "p", "prompt": "q", "candidates": ["bb", "a", "ccc"]}])
+    row = rank_pool(ds, cfg).take_all()[0]
+    assert (row["best_idx"], row["worst_idx"]) == (2, 1)

@@ -22,8 +22,9 @@ from aipo_ray.actor_pool import PoolSpec, map_pool
 from aipo_ray.config import ModelConfig, RankingConfig, StorageConfig
 from aipo_ray.storage.schemas import RANKINGS_OUT
 
-from .build import build_ranker
+from .build import build_ranker, pick_device
 from .python_fn import CallableRanker
+from .registry import RANKERS, RankerBuilder, RankerContext
 
 if TYPE_CHECKING:
     import ray.data
@@ -42,7 +43,11 @@ class RankBatch:
         score_fn: Any = None,
         storage: StorageConfig | dict | None = None,
         model: ModelConfig | None = None,
+        builder: RankerBuilder | None = None,
     ):
+        # `builder` is the registered builder the driver looked up; unpickling it here imports
+        # its module, which registers a ranker defined outside aipo_ray before the config below
+        # is validated against the registry.
         cfg = ranking if isinstance(ranking, RankingConfig) else RankingConfig.model_validate(ranking)
         # `score_fn` is a user's function object passed from Python (custom DAGs); it wins
         # over the configured backend.
@@ -51,8 +56,12 @@ class RankBatch:
             return
         if isinstance(storage, dict):
             storage = StorageConfig.model_validate(storage)
-        self.ranker = build_ranker(cfg, policy_model_path, device=device, storage=storage,
-                                   model=model)
+        if builder is None:
+            self.ranker = build_ranker(cfg, policy_model_path, device=device, storage=storage,
+                                       model=model)
+        else:
+            ctx = RankerContext(policy_model_path, device or pick_device(cfg), storage, model)
+            self.ranker = builder(cfg, ctx)
 
     def __call__(self, batch: Any) -> pa.Table:
         columns = _columns(batch)
@@ -104,4 +113,5 @@ def rank_pool(
     run's `model` section) applies when θ_t judges itself (`ranking.model: policy`)."""
     return map_pool(ds, RankBatch, PoolSpec.of("ranking", cfg), RANKINGS_OUT,
                     ranking=cfg.model_dump(), policy_model_path=policy_model_path,
-                    storage=storage, score_fn=score_fn, model=model)
+                    storage=storage, score_fn=score_fn, model=model,
+                    builder=None if score_fn is not None else RANKERS.get(cfg.backend))
