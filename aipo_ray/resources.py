@@ -309,9 +309,32 @@ def check_cluster(asks: Sequence[ResourceAsk]) -> list[AskCheck]:
     return check_asks(asks, cluster_nodes(), autoscaling_node_types())
 
 
+def copies_that_fit(ask: ResourceAsk, nodes: Iterable[Mapping[str, Any]]) -> float:
+    """How many complete copies of `ask` (all `count` members each) the empty nodes hold at
+    once: `bundles_per_node` summed over the nodes, divided by `count` (inf: it asks nothing)."""
+    placeable = sum(bundles_per_node(ask.bundle, node_resources(nodes)))
+    return placeable if math.isinf(placeable) else placeable // max(ask.count, 1)
+
+
+def bundles_per_node(bundle: Mapping[str, float], nodes: Iterable[Mapping[str, Any]]
+                     ) -> list[float]:
+    """How many copies of `bundle` fit on each empty node (inf for a bundle that asks nothing)."""
+    return [_bundles_fitting(bundle, node) for node in node_resources(nodes)]
+
+
+def runs_that_fit(configs: Iterable[RunConfig], nodes: Iterable[Mapping[str, Any]]) -> float:
+    """How many of these runs can go side by side with none waiting for resources: each run's
+    stages go one at a time, so what counts is, for every ask of every run, how many copies of
+    it the cluster holds at once; the smallest of those numbers (at least 1; inf: nothing asked).
+    Bundles of different asks are not packed together, so this errs towards fewer runs."""
+    nodes = node_resources(nodes)
+    fits = [copies_that_fit(ask, nodes) for config in configs for ask in asks_for_config(config)]
+    return max(1, min(fits, default=math.inf))
+
+
 def ask_problem(ask: ResourceAsk, nodes: Sequence[Mapping[str, float]]) -> str | None:
     """None when the ask fits the nodes; else what is wrong, naming the keys and the largest node."""
-    per_node = [_bundles_fitting(ask.bundle, node) for node in nodes]
+    per_node = bundles_per_node(ask.bundle, nodes)
     if not any(per_node):
         keys = _culprit_keys(ask, nodes)
         return (f"{keys} asks {format_resources(ask.bundle)} per {ask.noun}, more than any node "

@@ -10,7 +10,7 @@ variants:                            # explicit variants: name -> overrides
   aipo: [loss.name=aipo]
 grid:                                # and/or a cartesian grid (crossed with `variants`)
   training.learning_rate: [5e-7, 1e-6]
-max_concurrent: 1                    # variants running at once (default 1)
+max_concurrent: 2                    # variants running at once (default: as many as fit)
 ```
 
 Each variant runs in `<root>/<variant>/` (so `aipo status/report/eval/resume` work on it), and
@@ -48,7 +48,11 @@ class SweepSpec(StrictModel):
     overrides: list[str] = Field(default_factory=list, description="applied to every variant")
     variants: dict[str, list[str]] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
-    max_concurrent: int = Field(default=1, ge=1, description="variants running at once")
+    max_concurrent: int | None = Field(
+        default=None, ge=1,
+        description="variants running at once; default: as many as the cluster holds with none "
+        "waiting for resources (resources.runs_that_fit)",
+    )
 
 
 @dataclass(frozen=True)
@@ -146,10 +150,24 @@ def run_sweep(path: str | Path, root: str | None = None, overrides: list[str] | 
         return VariantResult(name, summary.run_dir, "finished", time.time() - started,
                              latest_model=summary.latest_model)
 
-    with ThreadPoolExecutor(max_workers=spec.max_concurrent) as pool:
+    concurrent = _concurrency(spec, list(configs.values()))
+    with ThreadPoolExecutor(max_workers=concurrent) as pool:
         results = list(pool.map(lambda item: one(*item), configs.items()))
     _write_summary(first, root or f"runs/{Path(path).stem}", results)
     return results
+
+
+def _concurrency(spec: SweepSpec, configs: list[RunConfig]) -> int:
+    """`max_concurrent`, or as many variants as the connected cluster fits side by side."""
+    from aipo_ray.resources import cluster_nodes, runs_that_fit
+
+    if spec.max_concurrent is not None:
+        return min(spec.max_concurrent, len(configs))
+    fits = runs_that_fit(configs, cluster_nodes())
+    concurrent = int(min(fits, len(configs)))
+    log.info("sweep: %d of %d variants at once (as many as the cluster fits; set "
+             "max_concurrent to choose)", concurrent, len(configs))
+    return concurrent
 
 
 def _write_summary(config: RunConfig, root: str, results: list[VariantResult]) -> None:

@@ -20,8 +20,10 @@ from aipo_ray.resources import (
     autoscaling_node_types,
     check_asks,
     check_cluster,
+    copies_that_fit,
     generation_asks,
     launchable_node_types,
+    runs_that_fit,
     training_asks,
 )
 from tests.e2e.processes import REPO, child_env, free_port, kill_group
@@ -57,6 +59,23 @@ def config(tmp_path, *overrides):
 
 
 # --- check_asks: a pure function of asks and nodes ----------------------------------------------
+
+
+def test_copies_of_an_ask_count_whole_groups_over_every_node():
+    group = ask(key="training.gpus_per_worker", count=8, gang=True, GPU=1, CPU=1)
+    assert copies_that_fit(group, [node(cpu=16, gpu=8), node(cpu=16, gpu=8)]) == 2
+    assert copies_that_fit(group, [node(cpu=16, gpu=8), node(cpu=16, gpu=4)]) == 1  # 12 GPUs
+    assert copies_that_fit(ask(CPU=0), [node()]) == float("inf")
+
+
+def test_runs_that_fit_side_by_side_is_set_by_the_most_demanding_ask(tmp_path):
+    tiny = config(tmp_path, "ranking.cpus_per_replica=2")
+    assert runs_that_fit([tiny, tiny], [node(cpu=2)]) == 1  # ranking takes both cores
+    assert runs_that_fit([tiny, tiny], [node(cpu=2), node(cpu=2), node(cpu=4)]) == 4
+    light = config(tmp_path, "ranking.cpus_per_replica=1", "training.cpus_per_worker=1",
+                   "reference.cpus_per_replica=1")
+    assert runs_that_fit([light], [node(cpu=2)]) == 2
+    assert runs_that_fit([light], [node(cpu=0.5)]) == 1  # never below one: the check fails later
 
 
 def test_a_cpu_ask_larger_than_every_node_names_the_key_and_the_largest_node():
