@@ -104,6 +104,8 @@ def run(
         config = config.model_copy(update={"run_dir": run_dir})
     total = iterations or config.iterations
     factory = _as_factory(stages)
+    # The log file first, so that what Ray prints while it starts goes there too.
+    log_to_run_dir(RunDir(config.resolved_run_dir, config.storage).uri)
     init_ray(config.ray)
     # An ask no node can meet would make Ray wait forever: fail now, before any stage runs (the
     # runner checks each stage again before it starts: clusters change).

@@ -46,7 +46,7 @@ class GenerateStage(PolicyStage):
                                            storage=ctx.config.storage,
                                            model=ctx.config.model),
             finish=partial(finish_generations, n=n), schema=GENERATIONS,
-            stall=progress_deadline(cfg),
+            stall=progress_deadline(cfg), rows_per_prompt=n,
         )
         totals = run_sharded(self.name, ctx, job)
         counts = totals.counts
