@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,13 +70,16 @@ class CachedJudge:
     def score(self, prompts: list[str], candidates: list[list[str]]) -> list[list[float]]:
         keys = [self._key(p, c) for p, c in zip(prompts, candidates, strict=True)]
         todo = [i for i, k in enumerate(keys) if k not in self.scores]
+        fresh: dict[str, list[float]] = {}
         if todo:
             self.ranker = self.ranker or self.build()
             new = self.ranker.score([prompts[i] for i in todo], [candidates[i] for i in todo])
             for i, row in zip(todo, new, strict=True):
-                self.scores[keys[i]] = [float(x) for x in row]
+                fresh[keys[i]] = [float(x) for x in row]
+                if all(math.isfinite(x) for x in fresh[keys[i]]):  # unjudged: ask again next time
+                    self.scores[keys[i]] = fresh[keys[i]]
             self.asked += len(todo)
-        return [self.scores[k] for k in keys]
+        return [fresh[k] if k in fresh else self.scores[k] for k in keys]
 
 
 def configured_judge(config: RunConfig, rd: RunDir, scores: dict) -> CachedJudge:

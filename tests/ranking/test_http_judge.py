@@ -389,3 +389,18 @@ def test_a_judge_served_by_vllm_serve_on_cpu(tiny_llama_path, tmp_path, monkeypa
             proc.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_a_cached_eval_judge_asks_again_what_it_could_not_judge(judge):
+    from aipo_ray.report.compare_eval import CachedJudge
+
+    judge.reply = lambda m: "hmm" if "worth 4" in m else verdict(m)
+    cache: dict = {}
+    cached = CachedJudge(lambda: build_ranker(config(judge, judge_prompt="self_rewarding")),
+                         "http", cache)
+    rows = (["p", "q"], [["worth 3", "worth 1"], ["worth 4", "worth 2"]])
+    first = cached.score(*rows)
+    assert first[0] == [3.0, 1.0] and np.isnan(first[1][0]) and len(cache) == 1
+    judge.reply = verdict
+    assert cached.score(*rows) == [[3.0, 1.0], [4.0, 2.0]]
+    assert cached.asked == 3 and len(cache) == 2
