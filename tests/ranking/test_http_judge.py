@@ -301,7 +301,9 @@ def test_a_self_rewarding_judge_served_by_aipo_serve_rejects_what_it_cannot_scor
     assert reason.startswith("unreadable_judgement: ") and "candidate(s) 0, 1 after 2 tries" in reason
     local = build_ranker(RankingConfig(backend="llm_judge", model=tiny_llama_path,
                                        judge_prompt="self_rewarding", judge_max_tokens=8))
-    local_reason = local.best_worst(["Name a prime."], [["2", "4"]]).rejections[0]
+    local_ranking = local.best_worst(["Name a prime."], [["2", "4"]])
+    assert local_ranking.comparisons.tolist() == [2]  # greedy: an unreadable judgement is final
+    local_reason = local_ranking.rejections[0]
     assert local_reason.split("last reply ")[1] == reason.split("last reply ")[1]
 
 
