@@ -3,6 +3,8 @@ judge, or a user's function; all behind the `Ranker` protocol, runnable as Ray D
 
 from .base import PairwiseRanker, Ranker, Ranking, ScoringRanker, best_worst_from_scores
 from .build import build_ranker
+from .http_judge import ChatClient, HTTPJudgeError
+from .judge import PairwiseLetterJudge, PointwiseJudge
 from .llm_judge import LLMJudge
 from .pairrm import PairRM
 from .pairwise import TournamentResult, full_matrix, scores_from_matrix, tournament
@@ -13,9 +15,13 @@ from .reward_model import RewardModelRanker
 
 __all__ = [
     "CallableRanker",
+    "ChatClient",
+    "HTTPJudgeError",
     "LLMJudge",
     "PairRM",
+    "PairwiseLetterJudge",
     "PairwiseRanker",
+    "PointwiseJudge",
     "RankBatch",
     "Ranker",
     "RankerContext",
