@@ -42,6 +42,7 @@ class Judge:
         self.reply = verdict  # message -> reply text
         self.hang_s = 0.0
         self.lock = threading.Lock()
+        self.in_flight = self.most_in_flight = 0
 
 
 @contextlib.contextmanager
@@ -60,6 +61,15 @@ def scripted_judge():
                                        "auth": self.headers.get("Authorization")})
                 fail = state.failures > 0
                 state.failures -= fail
+                state.in_flight += 1
+                state.most_in_flight = max(state.most_in_flight, state.in_flight)
+            try:
+                self._answer(body, fail)
+            finally:
+                with state.lock:
+                    state.in_flight -= 1
+
+        def _answer(self, body, fail):
             if state.hang_s:
                 time.sleep(state.hang_s)
             if fail:
@@ -125,6 +135,13 @@ def test_the_http_judge_ranks_through_a_local_server(judge, overrides, requests)
         assert "additive 5-point scoring system" in first["body"]["messages"][0]["content"]
     else:
         assert first["body"]["max_tokens"] == 16
+
+
+def test_requests_in_flight_are_bounded_by_max_concurrency(judge):
+    judge.hang_s = 0.2
+    ranker = build_ranker(config(judge, judge_prompt="self_rewarding", max_concurrency=2))
+    ranker.score(["p"], [[f"worth {i}" for i in range(6)]])
+    assert judge.most_in_flight == 2 and len(judge.requests) == 6
 
 
 def test_500_twice_then_an_answer_takes_three_requests(judge):
