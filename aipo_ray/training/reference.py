@@ -71,8 +71,10 @@ def reference_pool(config: RunConfig, ds: ray.data.Dataset, model_uri: str) -> r
     """`ds` (pairs) scored under the model at `model_uri` by `reference.num_replicas` actors, each
     batch under `reference.timeout_s` / `max_retries` (aipo_ray.actor_pool); lazily."""
     ref = config.reference
-    return map_pool(ds.select_columns(["prompt_id", "prompt", "chosen", "rejected"]),
-                    ReferenceScorer, PoolSpec.of("reference", ref, batch_format="numpy"),
+    # No select_columns here: it runs as a Ray Data task of its own, which waits forever for a
+    # CPU when the scorer actors hold every CPU of the cluster (tiny_cpu.yaml: 2 of 2). The
+    # scorer reads only the columns it needs.
+    return map_pool(ds, ReferenceScorer, PoolSpec.of("reference", ref, batch_format="numpy"),
                     REF_LOGPS, config=config, model_uri=model_uri,
                     micro_batch_size=ref.batch_size)
 
