@@ -256,6 +256,7 @@ def release_engines(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> int:
                     type(e).__name__)
     for actor in actors:
         _end_actor(actor)
+    _wait_dead(actors)
     log.info("released %d vLLM engine(s) in %.1fs", len(actors), time.monotonic() - started)
     return len(actors)
 
@@ -267,6 +268,16 @@ def _end_actor(actor: Any) -> None:
 
     with contextlib.suppress(Exception):  # already dead
         ray.kill(actor, no_restart=True)
+
+
+def _wait_dead(actors: list, timeout_s: float = 10.0) -> None:
+    """Until Ray reports the killed actors dead (their CPUs/GPUs are then given back): a call on
+    a dead actor fails at once."""
+    import ray
+
+    pending = [a.info.remote() for a in actors]
+    with contextlib.suppress(Exception):
+        ray.wait(pending, num_returns=len(pending), timeout=timeout_s)
 
 
 def engine_starts() -> int:

