@@ -65,7 +65,8 @@ def reward_model_rows(r: dict) -> list[str]:
     return [
         _row("ranking (reward model)", "conversations/s, batched vs one per forward",
              f["conversations_per_s_ours"], f["conversations_per_s_plain_transformers"],
-             f["speedup_vs_plain_transformers"], "baseline: plain transformers loop; ratio > 1: ours faster"),
+             f["speedup_vs_plain_transformers"], "baseline: plain transformers loop; ratio > 1: ours "
+             f"faster; load {r['machine']['load_avg_1m_at_write']} on {r['machine']['cores']} cores"),
         _row("", "max abs(score − plain transformers score)", f["max_abs_score_diff"], None, None,
              "same best/worst" if f["same_best_worst"] else "**best/worst differ**"),
     ]
@@ -76,7 +77,11 @@ def pairrm_real_size_rows(r: dict) -> list[str]:
     base = f[f"prompts_per_s_{f['baseline']}"]
     return [
         _row("ranking (PairRM, real size)", "prompts/s, tournament", f["prompts_per_s_ours_tournament"],
-             base, f["speedup_tournament_vs_llm_blender"], f"baseline: {f['baseline']}; ratio > 1: ours faster"),
+             base, f["speedup_tournament_vs_llm_blender"],
+             f"baseline: {f['baseline']}; ratio > 1: ours faster; same round only: "
+             f"{_f(f.get('speedup_tournament_vs_llm_blender_round1'))} (tournament), "
+             f"{_f(f.get('speedup_full_vs_llm_blender_round1'))} (full); load "
+             f"{r['machine']['load_avg_1m_at_write']} on {r['machine']['cores']} cores"),
         _row("", "prompts/s, full matrix", f["prompts_per_s_ours_full"], base,
              f["speedup_full_vs_llm_blender"], "full matrix's best/worst = llm-blender's: "
              + ("yes" if f["full_best_worst_equal_llm_blender"] else "**no**")),
