@@ -79,10 +79,24 @@ def test_scores_equal_plain_transformers_batched_and_unbatched(rm_path, referenc
     assert want.std() > 1e-2  # the random model tells candidates apart
     for batch_size in (1, 2, 5, 64):
         ranker = RewardModelRanker.from_pretrained(rm_path, batch_size=batch_size)
+        assert ranker._split  # base model + own score head at the last real token
         np.testing.assert_allclose(ranker.score(PROMPTS, CANDIDATES), want, atol=1e-4, rtol=0)
     # one prompt at a time gives the same as all prompts together
     one = np.concatenate([ranker.score([p], [c]) for p, c in zip(PROMPTS, CANDIDATES, strict=True)])
     np.testing.assert_allclose(one, want, atol=1e-4, rtol=0)
+
+
+def test_a_head_it_cannot_reach_is_batched_without_padding(rm_path, reference):
+    """The fallback for models without a `score` layer: only equal-length conversations share a
+    forward, and the model's own head reads them."""
+    ranker = RewardModelRanker.from_pretrained(rm_path, batch_size=4)
+    ranker._split = False
+    prompts, candidates = ["a b", "a c", "say yes"], [["x", "y"], ["x", "y"], ["yes", "no"]]
+    seqs = [ranker.encode(p, c) for p, cands in zip(prompts, candidates, strict=True) for c in cands]
+    batches = ranker._batches(seqs)
+    assert all(len({len(seqs[k]) for k in b}) == 1 for b in batches) and max(map(len, batches)) > 1
+    np.testing.assert_allclose(ranker.score(prompts, candidates), expected(reference, prompts, candidates),
+                               atol=1e-4, rtol=0)
 
 
 def test_built_from_config_and_best_worst(rm_path, reference):
