@@ -14,8 +14,10 @@ plain line at most every few seconds.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +37,10 @@ _verbose = False
 _capture_native = False
 _console_stream = None  # the terminal's stderr once fd 2 points at the log file
 _saved_stderr_fd: int | None = None
+_saved_stdout = None  # sys.stdout before Ray's prefixed lines were routed to the log
+# Ray's driver prints what the raylet and workers report ("(raylet) Task ... failed", "(pid=...)")
+# to sys.stdout with a colored "(name)" prefix; such lines belong in the log.
+_RAY_LINE = re.compile(r"^(\x1b\[[0-9;]*m)*\((raylet|autoscaler|[^\n]*?pid=\d+)")
 
 
 def verbose() -> bool:
@@ -133,13 +139,46 @@ def _redirect_stderr_fd(path: Path) -> None:
     for handler in logging.getLogger().handlers:
         if getattr(handler, "_aipo_console", False):
             handler.setStream(_console_stream)
+    global _saved_stdout
+    _saved_stdout = sys.stdout
+    sys.stdout = _RayLinesToLog(sys.stdout, sys.stderr)
+
+
+class _RayLinesToLog(io.TextIOBase):
+    """sys.stdout that passes our lines to the terminal and Ray's prefixed ones to the log."""
+
+    def __init__(self, terminal, log):
+        self.terminal, self.log, self._line = terminal, log, ""
+
+    def write(self, text: str) -> int:
+        self._line += text
+        while "\n" in self._line:
+            line, self._line = self._line.split("\n", 1)
+            (self.log if _RAY_LINE.match(line) else self.terminal).write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._line:
+            (self.log if _RAY_LINE.match(self._line) else self.terminal).write(self._line)
+            self._line = ""
+        self.terminal.flush()
+        self.log.flush()
+
+    def isatty(self) -> bool:
+        return self.terminal.isatty()
+
+    def fileno(self) -> int:
+        return self.terminal.fileno()
 
 
 def restore_stderr() -> None:
     """Undo `_redirect_stderr_fd` (the end of an `aipo` command)."""
-    global _console_stream, _saved_stderr_fd
+    global _console_stream, _saved_stderr_fd, _saved_stdout
     if _saved_stderr_fd is None:
         return
+    if _saved_stdout is not None:
+        sys.stdout.flush()
+        sys.stdout, _saved_stdout = _saved_stdout, None
     sys.stderr.flush()
     os.dup2(_saved_stderr_fd, 2)
     os.close(_saved_stderr_fd)
