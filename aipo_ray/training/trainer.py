@@ -48,11 +48,29 @@ def _ray_run_config(config: RunConfig, run_name: str, storage_path: str | None):
 
     path = storage_path or os.path.join(
         os.path.expanduser(config.storage.local_cache_dir), "ray_train")
+    path, filesystem = train_storage(path, config)
     return RayRunConfig(
-        name=run_name, storage_path=path,
+        name=run_name, storage_path=path, storage_filesystem=filesystem,
         failure_config=FailureConfig(max_failures=config.training.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=1),
     )
+
+
+def train_storage(uri: str, config: RunConfig):
+    """(path, pyarrow filesystem or None) for Ray Train's `storage_path` at `uri`.
+
+    An s3:// URI goes through the run's own s3fs filesystem (its endpoint, credentials and
+    retries), wrapped for pyarrow: every worker, on any node, writes its checkpoint shards there
+    itself. Ray Train's own S3 resolution would read only the standard AWS environment.
+    """
+    if "://" not in uri:
+        return uri, None
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    from aipo_ray.storage import filesystem
+
+    fs, path = filesystem(uri, config.storage)
+    return path, PyFileSystem(FSSpecHandler(fs))
 
 
 def train_policy(
@@ -65,8 +83,8 @@ def train_policy(
     `output_uri` (local or s3://) receives safetensors + tokenizer with a manifest and
     `_COMMITTED`, so it can be verified and re-committed after a driver crash. `metrics_uri`
     receives one JSON line per optimizer step. Mid-epoch checkpoints for worker-failure resume
-    go to `storage_path` (default: `<storage.local_cache_dir>/ray_train`; use a shared path or
-    s3:// on a multi-node cluster). `run_name` names the Ray Train run: a rerun with the same
+    go to `storage_path`, a path or s3:// URI every node can reach (the train stage passes
+    `<run_dir>/_ray_train`; default `<storage.local_cache_dir>/ray_train`, one node only). `run_name` names the Ray Train run: a rerun with the same
     name after a crash resumes from its last checkpoint; a finished run's checkpoints are
     deleted. Returns the plan and the last step's metrics.
     """
@@ -110,6 +128,8 @@ def _drop_resume_checkpoints(config: RunConfig, ray_run) -> None:
     from aipo_ray.storage import filesystem, with_retries
 
     uri = posixpath.join(ray_run.storage_path, ray_run.name)
+    if ray_run.storage_filesystem is not None:  # an s3 path without its scheme
+        uri = "s3://" + uri
     fs, path = filesystem(uri, config.storage)
     if with_retries(lambda: fs.exists(path), f"stat {uri}", config.storage):
         with_retries(lambda: fs.rm(path, recursive=True), f"remove {uri}", config.storage)

@@ -13,6 +13,8 @@ from aipo_ray.pipeline.stage import MODEL_IO_KEYS, PolicyStage, StageContext, St
 from aipo_ray.storage import iteration_name
 from aipo_ray.training.trainer import needs_reference, train_policy
 
+RAY_TRAIN_DIR = "_ray_train"  # Ray Train's mid-epoch checkpoints, by run name
+
 
 class TrainStage(PolicyStage):
     name = "train"
@@ -36,6 +38,9 @@ class TrainStage(PolicyStage):
             output_uri=ctx.run_dir.staged_model_uri(ctx.iteration),
             metrics_uri=ctx.run_dir.train_metrics_uri(ctx.iteration),
             run_name=run_name,
+            # Under the run directory (outside the stage's own, which a rerun clears): every
+            # node reaches it, and a resumed run finds Ray Train's last checkpoint there.
+            storage_path=ctx.run_dir.uri_of(RAY_TRAIN_DIR),
         )
         return StageResult(rows_in=pairs.num_rows, rows_out=pairs.num_rows,
                            extra={"plan": out["plan"], "steps": out["steps"],
