@@ -121,19 +121,14 @@ def generation_asks(config: RunConfig) -> list[ResourceAsk]:
 
     on_gpu = cfg.gpus_per_replica > 0
     if shares_engine(cfg):
-        return [ResourceAsk(
-            key="generation.gpus_per_replica" if on_gpu else "generation.cpus_per_replica",
-            bundle={k: float(v) for k, v in _bundle(cfg).items()},
-            count=cfg.num_replicas, gang=True, what="a shared vLLM engine",
-            count_key="generation.num_replicas",
-            resource_keys=({"GPU": "generation.gpus_per_replica"} if on_gpu
-                           else {"CPU": "generation.cpus_per_replica"}),
-        )]
+        count, count_key, what = cfg.num_replicas, "generation.num_replicas", "a shared vLLM engine"
+    else:
+        count, count_key = cfg.tensor_parallel_size, "generation.tensor_parallel_size"
+        what = "a vLLM tensor-parallel worker"
     return [ResourceAsk(
         key="generation.gpus_per_replica" if on_gpu else "generation.cpus_per_replica",
         bundle={k: float(v) for k, v in _bundle(cfg).items()},
-        count=cfg.tensor_parallel_size, gang=True, what="a vLLM tensor-parallel worker",
-        count_key="generation.tensor_parallel_size",
+        count=count, gang=True, what=what, count_key=count_key,
         # On GPUs each worker holds one whole GPU and one CPU whatever the per-replica values.
         resource_keys=({"GPU": "generation.gpus_per_replica"} if on_gpu
                        else {"CPU": "generation.cpus_per_replica"}),

@@ -275,7 +275,8 @@ def _wait_dead(actors: list, timeout_s: float = 10.0) -> None:
     a dead actor fails at once."""
     import ray
 
-    pending = [a.info.remote() for a in actors]
+    # No retries: the probe is meant to fail on a dead actor, not to be retried (and reported).
+    pending = [a.info.options(max_task_retries=0).remote() for a in actors]
     with contextlib.suppress(Exception):
         ray.wait(pending, num_returns=len(pending), timeout=timeout_s)
 

@@ -20,7 +20,7 @@ from aipo_ray.config import RunConfig, load_config
 from aipo_ray.console import console, log_to_run_dir
 from aipo_ray.generation.engines import release_engines
 from aipo_ray.models import POINTER
-from aipo_ray.resources import check_cluster, stage_asks
+from aipo_ray.resources import InfeasibleResourceError, check_cluster, stage_asks
 from aipo_ray.runtime import init_ray
 from aipo_ray.storage import RUN_JSON, RunDir
 
@@ -109,7 +109,11 @@ def run(
     init_ray(config.ray)
     # An ask no node can meet would make Ray wait forever: fail now, before any stage runs (the
     # runner checks each stage again before it starts: clusters change).
-    check_cluster(stage_asks(factory(config, 1), config))
+    try:
+        check_cluster(stage_asks(factory(config, 1), config))
+    except InfeasibleResourceError as e:
+        log.error("%s", e)  # the log of the attempt says why nothing ran
+        raise
     rd = prepare_run_dir(config)
     _announce_logs(rd)
     log_plan(plan_run(config, factory, rd, total))

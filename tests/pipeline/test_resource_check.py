@@ -223,7 +223,10 @@ def test_a_run_with_an_impossible_ask_fails_before_any_stage(tmp_path, ray_clust
     with pytest.raises(InfeasibleResourceError, match=re.escape(key)):
         run(config(tmp_path, *overrides))
     assert time.monotonic() - started < 60
-    assert not (tmp_path / "run").exists()  # nothing started, not even the run directory
+    # Nothing started: no run.json, no iteration; only the log of the attempt, which holds why.
+    run_dir = tmp_path / "run"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["logs"]
+    assert key in (run_dir / "logs" / "driver.log").read_text()
 
 
 # --- `aipo validate --address` against a cluster of its own ----------------------------------------
