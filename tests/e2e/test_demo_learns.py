@@ -5,6 +5,8 @@ tells a newcomer nothing)."""
 
 from __future__ import annotations
 
+import pytest
+
 from aipo_ray.config import load_config
 from aipo_ray.pipeline.driver import run
 from aipo_ray.report.evaluate import default_generate, heldout_prompts, load_run_config
@@ -13,6 +15,7 @@ from aipo_ray.storage import RunDir
 REPO_CONFIG = "pipelines/configs/tiny_cpu.yaml"
 
 
+@pytest.mark.slow  # about 3 minutes: SmolLM2 generation, reference pass and training on 2 cores
 def test_one_iteration_of_the_tiny_cpu_config_changes_the_greedy_answers(tmp_path, ray_cluster):
     config = load_config(REPO_CONFIG, [
         f"run_dir={tmp_path / 'run'}", "iterations=1",

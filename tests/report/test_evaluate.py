@@ -68,7 +68,7 @@ def test_eval_reuses_cached_responses_and_runs_from_the_cli(evaluated, capsys):
 
     again = evaluate_run(rd.uri, generate_fn=must_not_generate)
     assert again["comparisons"] == result["comparisons"]
-    assert main(["eval", rd.uri, "eval.compare_to_base=false"]) == 0
+    assert main(["eval", rd.uri, "--json", "eval.compare_to_base=false"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert [c["kind"] for c in printed["comparisons"]] == ["vs_previous", "vs_previous"]
 
