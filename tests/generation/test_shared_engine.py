@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from aipo_ray.config import GenerationConfig, RunConfig
-from aipo_ray.generation import check_candidates, generate
+from aipo_ray.generation import check_candidates
 from aipo_ray.generation.engines import engine_starts, held_engines, release_engines
 from aipo_ray.models import POINTER
 from aipo_ray.pipeline import StageContext, run_stage
@@ -22,7 +22,7 @@ from aipo_ray.resources import ResourceAsk
 from aipo_ray.storage import RunDir
 
 from .test_hf_generation import PROMPTS
-from .test_vllm_generation import vllm_available  # noqa: F401  (fixture)
+from .test_vllm_generation import run_vllm, vllm_available  # noqa: F401  (fixture)
 
 ENGINE_ENV = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
 
@@ -35,17 +35,8 @@ def no_engines_held(ray_cluster):
 
 
 def run(model_path, **overrides):
-    import ray
-
-    cfg = GenerationConfig(**{"backend": "vllm", "num_candidates": 3, "max_tokens": 8,
-                              "batch_size": 2, "max_model_len": 512, "engine_env": ENGINE_ENV,
-                              **overrides})
-    ds = ray.data.from_arrow(pa.table({"prompt_id": [f"p{i}" for i in range(len(PROMPTS))],
-                                       "prompt": PROMPTS}))
-    started = time.monotonic()
-    rows = generate(ds, model_path, cfg).take_all()
-    print(f"share_engine={cfg.share_engine} {overrides}: {time.monotonic() - started:.1f}s")
-    return sorted(rows, key=lambda r: (r["prompt_id"], r["candidate_idx"]))
+    return run_vllm(model_path, **{"num_candidates": 3, "max_tokens": 8, "batch_size": 2,
+                                   "engine_env": ENGINE_ENV, **overrides})
 
 
 def engine_info():
