@@ -197,13 +197,31 @@ def load_memory_rows(r: dict) -> list[str]:
                  "baseline: full load then fully_shard; ours: meta + sharded reads")]
 
 
+def shared_engine_rows(r: dict) -> list[str]:
+    f = r["figures"]
+    separate, shared = (next(run for run in f["runs"] if run["share_engine"] is flag)
+                        for flag in (False, True))
+    return [_row("shared vLLM engine", "s of self_instruct + generations, shared vs one per stage",
+                 f["generating_seconds_shared"], f["generating_seconds_separate"],
+                 f["generating_seconds_shared"] / f["generating_seconds_separate"],
+                 f"ratio < 1: shared faster; new /dev/shm segments {shared['new_psm_segments']} vs "
+                 f"{separate['new_psm_segments']}; load {r['machine']['load_avg_1m_at_write']}")]
+
+
+def ranker_cost_rows(r: dict) -> list[str]:
+    return [_row(f"ranker cost ({name})", "prompts/s (median); comparisons or requests per prompt",
+                 c["prompts_per_s"], None, None, f"{_f(c['comparisons_per_prompt'])} per prompt")
+            for name, c in r["figures"].items() if isinstance(c, dict) and "prompts_per_s" in c]
+
+
 FORMATTERS = [("train_vs_trl", train_rows), ("ranking", ranking_rows),
               ("reward_model", reward_model_rows), ("pairrm_real_size", pairrm_real_size_rows),
               ("generation_cpu", generation_rows), ("generation_gpu", generation_rows),
               ("iteration_split", split_rows), ("training_gpu", None), ("scaling_paper", scaling_rows),
               ("driver_memory", memory_rows), ("trainer_e2e", e2e_rows),
               ("training_variants", variant_rows),
-              ("sharded_load_memory", load_memory_rows)]
+              ("sharded_load_memory", load_memory_rows), ("shared_engine", shared_engine_rows),
+              ("ranker_costs", ranker_cost_rows)]
 
 
 def table() -> str:

@@ -14,7 +14,8 @@ import traceback
 from benchmarks.common import apply_env, write_result
 
 # scaling reads the others' results, so it runs after them; report runs last.
-BENCHMARKS = ["ranking", "reward_model", "ranker_costs", "pairrm_real_size", "train_vs_trl", "generation", "iteration_split", "gpu", "scaling",
+BENCHMARKS = ["ranking", "reward_model", "ranker_costs", "pairrm_real_size", "train_vs_trl", "generation", "iteration_split", "shared_engine", "gpu",
+              "scaling",
               "driver_memory", "trainer_e2e", "training_variants",
               "sharded_load_memory"]
 RESULT_NAMES = {"generation": "generation_cpu", "scaling": "scaling_paper", "gpu": "training_gpu"}
