@@ -126,7 +126,7 @@ def console_stream():
 
 def _redirect_stderr_fd(path: Path) -> None:
     """Point fd 2 at `path`; console handlers keep a duplicate of the terminal's descriptor."""
-    global _console_stream, _saved_stderr_fd
+    global _console_stream, _saved_stderr_fd, _saved_stdout
     if _saved_stderr_fd is not None:
         return
     sys.stderr.flush()
@@ -139,7 +139,6 @@ def _redirect_stderr_fd(path: Path) -> None:
     for handler in logging.getLogger().handlers:
         if getattr(handler, "_aipo_console", False):
             handler.setStream(_console_stream)
-    global _saved_stdout
     _saved_stdout = sys.stdout
     sys.stdout = _RayLinesToLog(sys.stdout, sys.stderr)
 
@@ -194,6 +193,16 @@ def _interactive() -> bool:
     return console_stream().isatty() and os.environ.get("CI") is None
 
 
+def describe_progress(snapshot: dict) -> str:
+    """'6/10 prompts, 0.2 prompts/s, 10s, ETA 20s' from a `StageProgress.snapshot()` (the live
+    line, and `aipo status` reading a stage's `_PROGRESS`)."""
+    unit = snapshot.get("unit", "rows")
+    of = f"/{snapshot['total']}" if snapshot.get("total") else ""
+    eta = "" if snapshot.get("eta_s") is None else f", ETA {snapshot['eta_s']:.0f}s"
+    return (f"{snapshot['done']:g}{of} {unit}, {snapshot.get('per_s', 0):.1f} {unit}/s, "
+            f"{snapshot.get('elapsed_s', 0):.0f}s{eta}")
+
+
 class StageProgress:
     """Rows done of a running stage: a live line on a terminal, sparse plain lines elsewhere.
 
@@ -242,12 +251,7 @@ class StageProgress:
                 "eta_s": None if eta is None else round(eta, 1), "updated_at": now}
 
     def line(self, now: float | None = None) -> str:
-        now = now or time.time()
-        of = f"/{self.total}" if self.total else ""
-        eta = self.eta_s(now)
-        eta_text = "" if eta is None else f", ETA {eta:.0f}s"
-        return (f"{self.label}  {self.done:g}{of} {self.unit}, {self.rate(now):.1f} {self.unit}/s, "
-                f"{now - self.started:.0f}s{eta_text}")
+        return f"{self.label}  {describe_progress(self.snapshot(now))}"
 
     def close(self) -> None:
         if self.live:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aipo_ray.actor_pool import Stall
+from aipo_ray.actor_pool import Stall, as_table
 from aipo_ray.config import GenerationConfig, ModelConfig, StorageConfig
 from aipo_ray.watchdog import few_ids
 
@@ -152,12 +152,14 @@ def prompt_blocks(ds: ray.data.Dataset, rows_per_block: int) -> list[pa.Table]:
     Prompt tables are small. Materialising them before the engine actors start does two jobs:
     every replica gets blocks of its own (one big block would go to one actor), and no upstream
     Ray Data task is left waiting for a CPU that the actor pool has taken — on a small cluster
-    whose CPUs the replicas fill, that wait never ends.
+    whose CPUs the replicas fill, that wait never ends. For the same reason the columns are
+    selected here, on the driver, not by a Ray Data task (a shared vLLM engine may hold every
+    CPU between calls).
     """
     import ray
 
-    parts = [b for b in ray.get(ds.select_columns(["prompt_id", "prompt"]).to_arrow_refs())
-             if b.num_rows]
+    columns = ["prompt_id", "prompt"]
+    parts = [t.select(columns) for t in map(as_table, ray.get(ds.to_arrow_refs())) if t.num_rows]
     if not parts:
         return []
     table = pa.concat_tables(parts, promote_options="default")

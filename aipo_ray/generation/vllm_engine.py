@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from aipo_ray.actor_pool import as_table
 from aipo_ray.config import GenerationConfig, ModelConfig, StorageConfig
 from aipo_ray.models import dtype_name, load_tokenizer, resolve_model_path
 from aipo_ray.storage.schemas import GENERATIONS
@@ -45,6 +44,7 @@ from .base import (
     count_until_eos,
     eos_token_ids,
     finish_reason,
+    prompt_blocks,
 )
 from .registry import register_generator
 
@@ -69,7 +69,7 @@ def generate_vllm(
     import ray.data
     from ray.data.llm import build_processor
 
-    prompts = _prompt_blocks(ds, cfg.batch_size)
+    prompts = prompt_blocks(ds, cfg.batch_size)
     if not prompts:
         return ray.data.from_arrow(GENERATIONS.empty_table())
     path = resolve_model_path(model_uri, storage)
@@ -90,20 +90,6 @@ def generate_vllm(
         preprocess_map_kwargs=light, postprocess_map_kwargs=light,
     )
     return processor(ray.data.from_arrow(requests))
-
-
-def _prompt_blocks(ds: ray.data.Dataset, rows_per_block: int) -> list[pa.Table]:
-    """`prompt_blocks`, without a Ray task for a Dataset that is already in the object store
-    (the stages' `from_arrow` tables): a shared engine may hold every CPU of a small cluster
-    between calls, and a task waiting for one would wait forever."""
-    import ray
-
-    columns = ["prompt_id", "prompt"]
-    tables = [t.select(columns) for t in map(as_table, ray.get(ds.to_arrow_refs())) if t.num_rows]
-    if not tables:
-        return []
-    table = pa.concat_tables(tables, promote_options="default")
-    return [table.slice(i, rows_per_block) for i in range(0, table.num_rows, rows_per_block)]
 
 
 def shares_engine(cfg: GenerationConfig) -> bool:

@@ -6,6 +6,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
+from aipo_ray.console import describe_progress
 from aipo_ray.storage import MODELS, RUN_JSON, RunDir, read_success
 
 from .registry import stage_order
@@ -161,7 +162,9 @@ def format_status(info: dict[str, Any]) -> str:
                     f"{st['rejected']} rejected, {st['seconds']}s"
                 )
             else:
-                lines.append(f"    {name:<14} {st['state']}{_progress_text(st.get('progress'))}")
+                progress = st.get("progress")
+                progress = f"  {describe_progress(progress)}" if progress else ""
+                lines.append(f"    {name:<14} {st['state']}{progress}")
     if info.get("eta_s") is not None:
         lines.append(f"  ETA of the run: {info['eta_s']:.0f}s (from the stages done so far)")
     if info.get("report"):
@@ -170,13 +173,3 @@ def format_status(info: dict[str, Any]) -> str:
         state = "committed" if ck["committed"] else ("base pointer" if ck["pointer"] else "NOT committed")
         lines.append(f"  models/{ck['name']}: {state}")
     return "\n".join(lines)
-
-
-def _progress_text(progress: dict[str, Any] | None) -> str:
-    if not progress:
-        return ""
-    of = f"/{progress['total']}" if progress.get("total") else ""
-    unit = progress.get("unit", "rows")
-    eta = "" if progress.get("eta_s") is None else f", ETA {progress['eta_s']:.0f}s"
-    return (f"  {progress['done']:g}{of} {unit}, {progress.get('per_s', 0):.1f} {unit}/s, "
-            f"{progress.get('elapsed_s', 0):.0f}s{eta}")

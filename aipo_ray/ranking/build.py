@@ -7,7 +7,7 @@ import torch
 from aipo_ray.config import ModelConfig, RankingConfig, StorageConfig
 
 from .base import Ranker
-from .registry import RANKERS, RankerContext
+from .registry import RANKERS, RankerBuilder, RankerContext
 
 POLICY = "policy"
 
@@ -40,13 +40,15 @@ def judge_model_path(
 def build_ranker(
     cfg: RankingConfig, policy_model_path: str | None = None, device: str | None = None,
     storage: StorageConfig | None = None, model: ModelConfig | None = None,
+    builder: RankerBuilder | None = None,
 ) -> Ranker:
     """The ranker `cfg.backend` names (see `registry.py`), loaded on `device` (default:
-    `pick_device`).
+    `pick_device`); `builder` is that backend's registered builder when the caller already
+    holds it (the Ray Data actors receive it from the driver).
 
     `model` is the run's `model` section: when θ_t judges itself (`ranking.model: policy`) it is
     read as every other stage reads it (tokenizer, chat template, trust_remote_code, and
     `model.dtype` unless `ranking.dtype` is set). Another judge model is read as it is.
     """
     ctx = RankerContext(policy_model_path, device or pick_device(cfg), storage, model)
-    return RANKERS.get(cfg.backend)(cfg, ctx)
+    return (builder or RANKERS.get(cfg.backend))(cfg, ctx)

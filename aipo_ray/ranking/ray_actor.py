@@ -22,9 +22,9 @@ from aipo_ray.actor_pool import PoolSpec, map_pool
 from aipo_ray.config import ModelConfig, RankingConfig, StorageConfig
 from aipo_ray.storage.schemas import RANKINGS_OUT
 
-from .build import build_ranker, pick_device
+from .build import build_ranker
 from .python_fn import CallableRanker
-from .registry import RANKERS, RankerBuilder, RankerContext
+from .registry import RANKERS, RankerBuilder
 
 if TYPE_CHECKING:
     import ray.data
@@ -56,12 +56,8 @@ class RankBatch:
             return
         if isinstance(storage, dict):
             storage = StorageConfig.model_validate(storage)
-        if builder is None:
-            self.ranker = build_ranker(cfg, policy_model_path, device=device, storage=storage,
-                                       model=model)
-        else:
-            ctx = RankerContext(policy_model_path, device or pick_device(cfg), storage, model)
-            self.ranker = builder(cfg, ctx)
+        self.ranker = build_ranker(cfg, policy_model_path, device=device, storage=storage,
+                                   model=model, builder=builder)
 
     def __call__(self, batch: Any) -> pa.Table:
         columns = _columns(batch)
