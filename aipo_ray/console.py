@@ -72,8 +72,7 @@ def setup_logging(verbose: bool = False, capture_native: bool = False) -> None:
     for handler in list(root.handlers):
         if getattr(handler, "_aipo_console", False):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler._aipo_console = True  # type: ignore[attr-defined]
+    handler = _ConsoleHandler()
     if verbose:
         handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
     else:
@@ -84,6 +83,25 @@ def setup_logging(verbose: bool = False, capture_native: bool = False) -> None:
     logging.getLogger("aipo_ray").setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.captureWarnings(True)  # library warnings become log records: to the file, not here
     _quiet_libraries(verbose)
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    """Writes to the console stream of the moment, never to one fixed at setup: an in-process
+    caller (a test, a notebook) swaps and closes sys.stderr after `aipo` returned, and the
+    `aipo` command moves the console to a duplicate of the terminal once fd 2 goes to the log."""
+
+    _aipo_console = True
+
+    def __init__(self) -> None:
+        super().__init__(console_stream())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = console_stream()
+        super().emit(record)
+
+    def flush(self) -> None:
+        self.stream = console_stream()
+        super().flush()
 
 
 def _quiet_libraries(verbose: bool) -> None:
@@ -136,9 +154,6 @@ def _redirect_stderr_fd(path: Path) -> None:
     log_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.dup2(log_fd, 2)
     os.close(log_fd)
-    for handler in logging.getLogger().handlers:
-        if getattr(handler, "_aipo_console", False):
-            handler.setStream(_console_stream)
     _saved_stdout = sys.stdout
     sys.stdout = _RayLinesToLog(sys.stdout, sys.stderr)
 
@@ -181,12 +196,9 @@ def restore_stderr() -> None:
     sys.stderr.flush()
     os.dup2(_saved_stderr_fd, 2)
     os.close(_saved_stderr_fd)
-    for handler in logging.getLogger().handlers:
-        if getattr(handler, "_aipo_console", False):
-            handler.setStream(sys.stderr)
-    if _console_stream is not None:
-        _console_stream.close()
-    _console_stream, _saved_stderr_fd = None, None
+    terminal, _console_stream, _saved_stderr_fd = _console_stream, None, None
+    if terminal is not None:  # handlers already read sys.stderr again
+        terminal.close()
 
 
 def _interactive() -> bool:

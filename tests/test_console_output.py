@@ -33,3 +33,28 @@ def test_progress_counts_rows_done_before_a_restart_and_estimates_the_rest():
     # 2 prompts in 10 s this run (the 4 committed before do not count towards the rate).
     assert abs(snapshot["per_s"] - 0.2) < 0.01 and abs(snapshot["eta_s"] - 20.0) < 1.0
     assert progress.line().startswith("  generations  6/10 prompts, 0.2 prompts/s")
+
+
+def test_console_lines_follow_stderr_after_the_caller_closed_the_one_of_setup(monkeypatch):
+    """An in-process `aipo` (a test, a notebook) set up logging on a stderr that its caller
+    later closes; a later console line goes to the stderr of the moment, with no logging error."""
+    import logging
+    import sys
+
+    from aipo_ray.console import console, setup_logging
+
+    root = logging.getLogger()
+    before = list(root.handlers), root.level
+    first, second = io.StringIO(), io.StringIO()
+    try:
+        monkeypatch.setattr(sys, "stderr", first)
+        setup_logging()
+        console.info("iteration %d/%d", 1, 2)
+        first.close()
+        monkeypatch.setattr(sys, "stderr", second)
+        console.info("iteration %d/%d", 2, 2)
+    finally:
+        for handler in [h for h in root.handlers if h not in before[0]]:
+            root.removeHandler(handler)
+        root.setLevel(before[1])
+    assert second.getvalue() == "iteration 2/2\n"

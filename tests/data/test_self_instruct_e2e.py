@@ -1,6 +1,8 @@
 """Self-instruct end to end: θ_t writes instructions through the real `hf` generation backend on a
 local Ray cluster, then the prompts stage filters them."""
 
+import pytest
+
 from aipo_ray.config import RunConfig
 from aipo_ray.models import POINTER
 from aipo_ray.pipeline import StageContext, run_stage
@@ -45,6 +47,7 @@ def test_self_instruct_stage_writes_one_parsed_row_per_request(tmp_path, ray_clu
     assert again["rows_out"] == 6
 
 
+@pytest.mark.slow  # SmolLM2; the tiny-model self-instruct test stays in the default suite
 def test_smollm2_self_instruct_then_filters(tmp_path, ray_cluster, smollm2_path):
     ctx = make_ctx(str(tmp_path / "run"), smollm2_path, self_instruct={
         "num_instructions": 4, "oversample": 2.0, "num_few_shot": 4, "max_tokens": 32})

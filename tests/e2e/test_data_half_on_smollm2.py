@@ -3,6 +3,8 @@ on a local Ray cluster, each stage through run_stage with its contract checked."
 
 import json
 
+import pytest
+
 from aipo_ray.config import build_config
 from aipo_ray.pipeline import StageContext, run_stage
 from aipo_ray.pipeline.driver import prepare_run_dir
@@ -24,6 +26,7 @@ SEEDS = [
 N = 3
 
 
+@pytest.mark.slow  # ~2 min on SmolLM2
 def test_data_half_of_an_iteration_on_smollm2(tmp_path, smollm2_path, ray_cluster):
     source = tmp_path / "seeds.jsonl"
     lines = [json.dumps({"prompt": p}) for p in SEEDS]

@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import yaml
 
 from aipo_ray.pipeline.driver import resume
@@ -15,6 +16,7 @@ ITERATION_1_STAGES = ("prompts", "generations", "rankings", "pairs", "ref_logps"
                       "commit", "stats")
 
 
+@pytest.mark.reliability_slow  # ~3 min; tests/reliability/test_driver_loss.py kills a driver in the default suite
 def test_sigkill_mid_iteration_2_then_resume_redoes_nothing_of_iteration_1(
     tmp_path, tiny_llama_path, ray_cluster
 ):

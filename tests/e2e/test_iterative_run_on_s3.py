@@ -1,6 +1,7 @@
 """Issue 6: two iterations into a run dir on a real local S3 server, end to end."""
 
 import pyarrow as pa
+import pytest
 import ray
 import torch
 from safetensors.torch import load_file
@@ -22,6 +23,7 @@ def _generations_with(model_uri, prompts: pa.Table, config) -> list[tuple]:
     return sorted((r["prompt_id"], r["candidate_idx"], r["response"]) for r in rows)
 
 
+@pytest.mark.slow  # ~3 min; S3 stages and commits are also covered by tests/training/test_stages_on_s3.py
 def test_two_iterations_commit_models_on_s3_and_iteration_2_samples_theta_1(
     tmp_path, s3_server, tiny_llama_path, ray_cluster
 ):

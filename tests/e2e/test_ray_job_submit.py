@@ -58,6 +58,7 @@ def ray_head(tmp_path):
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@pytest.mark.slow  # ~2.5 min; `make test-cluster` submits a job to a three-node cluster
 def test_ray_job_submit_runs_an_iteration_on_a_started_cluster(tmp_path, tiny_llama_path, ray_head):
     run_dir = str(tmp_path / "run")
     config = tmp_path / "config.yaml"

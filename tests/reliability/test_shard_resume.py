@@ -31,6 +31,7 @@ def shard_files(directory) -> dict[str, tuple[int, str]]:
             for p in files}
 
 
+@pytest.mark.reliability_slow  # ~1 min
 def test_driver_killed_between_generation_shards_redoes_only_the_unfinished_shard(
     tmp_path, tiny_llama_path, ray_cluster
 ):

@@ -93,6 +93,7 @@ def _responses(run: str, it: int) -> pd.DataFrame:
     return pd.read_parquet(f"{run}/eval/responses/iter_{it:03d}").set_index("prompt_id")
 
 
+@pytest.mark.slow  # ~1.5 min; the compare tables are checked in the default suite
 def test_win_rates_vs_one_base_answered_once_on_common_prompts_from_the_eval_cache(
         tmp_path, tiny_llama_path):
     dirs = build_sweep(tmp_path, models=True, base=tiny_llama_path)

@@ -7,6 +7,7 @@ One Ray Train worker: on 2 CPU cores, two FSDP2 workers of a 135M model take ~3Ã
 import json
 
 import pyarrow as pa
+import pytest
 
 from aipo_ray.config import LossConfig, ModelConfig, RunConfig, TrainingConfig
 from aipo_ray.config.generation import GenerationConfig
@@ -27,6 +28,7 @@ def _margins(table: pa.Table) -> list[float]:
     return [a - b for a, b in zip(c, r, strict=True)]
 
 
+@pytest.mark.slow  # ~1.5 min on SmolLM2
 def test_dpo_steps_on_smollm2_raise_the_chosen_over_rejected_margin(ray_cluster, smollm2_path,
                                                                      tmp_path):
     prompts, chosen, rejected = (list(x) for x in zip(*PAIRS, strict=True))
