@@ -254,10 +254,13 @@ def release_engines(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> int:
     except Exception as e:  # a dead, hung or failed engine: killed below all the same
         log.warning("vLLM engine shutdown did not complete cleanly (%s); killing the actor(s)",
                     type(e).__name__)
+    engines_stopped = time.monotonic()
     for actor in actors:
         _end_actor(actor)
     _wait_dead(actors)
-    log.info("released %d vLLM engine(s) in %.1fs", len(actors), time.monotonic() - started)
+    log.info("released %d vLLM engine(s) in %.1fs (engine shutdown %.1fs, actor exit %.1fs)",
+             len(actors), time.monotonic() - started, engines_stopped - started,
+             time.monotonic() - engines_stopped)
     return len(actors)
 
 

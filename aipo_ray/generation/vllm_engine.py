@@ -139,8 +139,11 @@ def _call_engine(batch: pa.Table, engines: list, sampling: Sampling, per_request
 
 
 def engine_env(cfg: GenerationConfig) -> dict[str, str]:
-    """The engine processes' environment: `engine_env`, plus a KV cache that fits on CPU."""
-    env = dict(cfg.engine_env)
+    """The engine processes' environment: `engine_env`, plus a KV cache that fits on CPU and
+    a quick exit (vllm_plugin.py)."""
+    from .vllm_plugin import FAST_EXIT_ENV
+
+    env = {FAST_EXIT_ENV: "1", **cfg.engine_env}
     if cfg.gpus_per_replica == 0:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE",
                        os.environ.get("VLLM_CPU_KVCACHE_SPACE", _CPU_KVCACHE_GIB))

@@ -60,12 +60,14 @@ def test_engine_env_reaches_the_engine_actors_beside_the_cpu_kv_cache_default(mo
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
     cfg = GenerationConfig(engine_env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"})
     env = processor_config("/models/m", cfg, requests_per_batch=8).runtime_env["env_vars"]
-    assert env == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_KVCACHE_SPACE": "2"}
+    assert env == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_KVCACHE_SPACE": "2",
+                   "AIPO_VLLM_FAST_EXIT": "1"}
     # The user's value wins over the default; GPU replicas get no CPU cache setting.
     cfg = GenerationConfig(engine_env={"VLLM_CPU_KVCACHE_SPACE": "8"})
     env = processor_config("/m", cfg, 8).runtime_env["env_vars"]
-    assert env == {"VLLM_CPU_KVCACHE_SPACE": "8"}
-    assert processor_config("/m", GenerationConfig(gpus_per_replica=1), 8).runtime_env is None
+    assert env == {"VLLM_CPU_KVCACHE_SPACE": "8", "AIPO_VLLM_FAST_EXIT": "1"}
+    gpu = processor_config("/m", GenerationConfig(gpus_per_replica=1), 8).runtime_env
+    assert gpu == {"env_vars": {"AIPO_VLLM_FAST_EXIT": "1"}}
 
 
 @pytest.mark.slow  # ~1.5 min; the tiny-Llama vLLM test stays in the default suite
