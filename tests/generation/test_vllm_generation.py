@@ -95,8 +95,12 @@ def test_a_vllm_engine_without_progress_fails_the_stage_naming_its_prompts(
     from aipo_ray.pipeline.stages.generate import GenerateStage
     from aipo_ray.storage import make_prompt_id
 
+    from aipo_ray.generation.engines import release_engines
+
     from .test_generate_stage import PROMPTS_TEXT, make_run
 
+    # An engine an earlier test left warm for the same model would answer within the allowance.
+    release_engines()
     ctx = make_run(tmp_path, tiny_llama_path, backend="vllm", max_model_len=512, timeout_s=1,
                    startup_timeout_s=3)
     started = time.monotonic()
