@@ -48,6 +48,7 @@ def read_run(run_dir: str) -> dict:
     started = dt.datetime.fromisoformat(json.loads((root / "run.json").read_text())["started_at"])
     records = {f.parent.name: json.loads(f.read_text())
                for f in (root / "iter_001").glob("*/_SUCCESS")}
+    records = dict(sorted(records.items(), key=lambda kv: kv[1]["finished_at"]))  # stage order
     finished = max(dt.datetime.fromisoformat(r["finished_at"]) for r in records.values())
     steps = [json.loads(line) for line in
              (root / "iter_001" / "train" / "metrics.jsonl").read_text().splitlines() if line]
