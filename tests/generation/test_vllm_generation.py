@@ -91,11 +91,10 @@ def test_a_vllm_engine_without_progress_fails_the_stage_naming_its_prompts(
     """No output within timeout_s + startup_timeout_s (here shorter than the engine's start-up)
     fails the stage naming every prompt not generated, and stops the engines."""
     from aipo_ray.actor_pool import StalledError
+    from aipo_ray.generation.engines import release_engines
     from aipo_ray.pipeline import run_stage
     from aipo_ray.pipeline.stages.generate import GenerateStage
     from aipo_ray.storage import make_prompt_id
-
-    from aipo_ray.generation.engines import release_engines
 
     from .test_generate_stage import PROMPTS_TEXT, make_run
 
