@@ -70,7 +70,7 @@ def setup_logging(verbose: bool = False, capture_native: bool = False) -> None:
     _capture_native = capture_native and not verbose
     root = logging.getLogger()
     for handler in list(root.handlers):
-        if getattr(handler, "_aipo_console", False):
+        if isinstance(handler, _ConsoleHandler):
             root.removeHandler(handler)
     handler = _ConsoleHandler()
     if verbose:
@@ -89,8 +89,6 @@ class _ConsoleHandler(logging.StreamHandler):
     """Writes to the console stream of the moment, never to one fixed at setup: an in-process
     caller (a test, a notebook) swaps and closes sys.stderr after `aipo` returned, and the
     `aipo` command moves the console to a duplicate of the terminal once fd 2 goes to the log."""
-
-    _aipo_console = True
 
     def __init__(self) -> None:
         super().__init__(console_stream())

@@ -258,9 +258,9 @@ def release_engines(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> int:
     for actor in actors:
         _end_actor(actor)
     _wait_dead(actors)
+    ended = time.monotonic()
     log.info("released %d vLLM engine(s) in %.1fs (engine shutdown %.1fs, actor exit %.1fs)",
-             len(actors), time.monotonic() - started, engines_stopped - started,
-             time.monotonic() - engines_stopped)
+             len(actors), ended - started, engines_stopped - started, ended - engines_stopped)
     return len(actors)
 
 

@@ -47,6 +47,7 @@ from .base import (
     prompt_blocks,
 )
 from .registry import register_generator
+from .vllm_plugin import FAST_EXIT_ENV
 
 if TYPE_CHECKING:
     import ray.data
@@ -141,8 +142,6 @@ def _call_engine(batch: pa.Table, engines: list, sampling: Sampling, per_request
 def engine_env(cfg: GenerationConfig) -> dict[str, str]:
     """The engine processes' environment: `engine_env`, plus a KV cache that fits on CPU and
     a quick exit (vllm_plugin.py)."""
-    from .vllm_plugin import FAST_EXIT_ENV
-
     env = {FAST_EXIT_ENV: "1", **cfg.engine_env}
     if cfg.gpus_per_replica == 0:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE",
