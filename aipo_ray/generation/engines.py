@@ -16,6 +16,14 @@ changed θ_t never waits for CPUs the old engine holds).
     actors = shared_engines(path, kwargs, env, bundle, num_replicas)   # started or reused
     release_engines()       # EngineCore and workers exit, shared memory unlinked, actors gone
 
+A held engine also serves another model of the same family (same architecture config,
+tokenizer and generation defaults: `weights_family`), as `aipo eval` and `aipo compare` ask of
+it when they answer with θ_0, θ_1, ... in turn: instead of a new start-up (about a minute on 2
+CPU cores) vLLM reloads the weights in place (`reload_weights`, a second or two for 135M
+parameters). Every request block names the model it was built for and the engine switches to
+it first, waiting for the blocks in flight, so a block can never be answered by other weights
+than its own, whatever order the blocks arrive in.
+
 `release_engines()` runs at driver exit (atexit) too; the pipeline runner calls it before any
 stage that asks for resources and does not generate with θ_t, at the end of each iteration and
 of the run, and when a stage fails.
@@ -66,25 +74,70 @@ class EngineActor:
         self.started = time.time()
         self.engine = vllm.AsyncLLMEngine.from_engine_args(
             vllm.AsyncEngineArgs(model=model_path, **engine_kwargs))
+        self.model_path = model_path  # whose weights the engine holds
+        self.switching = False
+        self.in_flight = 0
         self.calls = 0
         self.requests = 0
+        self.reloads = 0
 
-    async def generate(self, requests: pa.Table, sampling: Any, per_request_seed: bool,
-                       eos_ids: list[int], schema: pa.Schema) -> pa.Table:
+    async def generate(self, model_path: str, requests: pa.Table, sampling: Any,
+                       per_request_seed: bool, eos_ids: list[int], schema: pa.Schema
+                       ) -> pa.Table:
+        """Candidates for `requests` from the weights of `model_path` (switched to first)."""
         import asyncio
 
         from .vllm_engine import _to_row
 
-        self.calls += 1
-        rows = requests.to_pylist()
-        completions = await asyncio.gather(*(self._one(r, sampling, per_request_seed)
-                                             for r in rows))
+        await self._hold(model_path)
+        try:
+            self.calls += 1
+            rows = requests.to_pylist()
+            completions = await asyncio.gather(*(self._one(r, sampling, per_request_seed)
+                                                 for r in rows))
+        finally:
+            self.in_flight -= 1
         out = [_to_row({**row, "generated_text": c.text, "generated_tokens": list(c.token_ids)},
                        eos_ids=eos_ids, max_tokens=sampling.max_tokens)
                for row, c in zip(rows, completions, strict=True)]
         if not out:
             return schema.empty_table()
         return pa.Table.from_pylist(out).select(schema.names).cast(schema)
+
+    async def load(self, model_path: str) -> float:
+        """Switch the engine to the weights of `model_path`; returns the seconds it took."""
+        started = time.monotonic()
+        await self._hold(model_path)
+        self.in_flight -= 1
+        return time.monotonic() - started
+
+    async def _hold(self, model_path: str) -> None:
+        """Wait until the engine holds `model_path`'s weights and count one call in flight.
+
+        A switch waits for the calls in flight (they keep the weights they started with) and
+        holds new calls back until it is done. The checks and the count run without an `await`
+        between them, so on the actor's one event loop nothing slips in between.
+        """
+        import asyncio
+
+        while self.model_path != model_path or self.switching:
+            if self.switching or self.in_flight:
+                await asyncio.sleep(0.05)
+                continue
+            self.switching = True
+            try:
+                await self._reload(model_path)
+            finally:
+                self.switching = False
+        self.in_flight += 1
+
+    async def _reload(self, model_path: str) -> None:
+        # In place, from the new directory's safetensors: vLLM's worker method (model runner
+        # `reload_weights`), then the prefix cache, whose KV blocks the old weights computed.
+        await self.engine.collective_rpc("reload_weights", kwargs={"weights_path": model_path})
+        await self.engine.reset_prefix_cache()
+        self.model_path = model_path
+        self.reloads += 1
 
     async def _one(self, row: dict[str, Any], sampling: Any, per_request_seed: bool) -> Any:
         from vllm import SamplingParams
@@ -108,6 +161,7 @@ class EngineActor:
         tracker), the /dev/shm segments they map, and the calls served."""
         procs = _descendants(os.getpid())
         return {"pid": os.getpid(), "children": procs, "calls": self.calls,
+                "model": self.model_path, "reloads": self.reloads,
                 "started": self.started, "shm": _shm_mapped([os.getpid(), *procs])}
 
     def shutdown(self) -> dict[str, Any]:
@@ -172,6 +226,7 @@ def _children(pid: int) -> list[int]:
 @dataclass
 class _EngineSet:
     key: str
+    model_path: str  # the weights its engines hold (or are switching to)
     actors: list = field(default_factory=list)
     # One `info` call per actor, queued behind its constructor: done when the engine is up.
     ready: list = field(default_factory=list)
@@ -181,28 +236,69 @@ class _EngineSet:
 _lock = threading.RLock()
 _held: dict[str, _EngineSet] = {}
 _starts = 0
+_reloads = 0
 _atexit_registered = False
+
+# What must be equal for one engine to serve two models: the architecture, the tokenizer it
+# detokenizes with (vLLM loads it once, at start) and the sampling defaults vLLM reads.
+_FAMILY_FILES = ("config.json", "generation_config.json", "tokenizer.json",
+                 "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                 "vocab.json", "merges.txt", "tokenizer.model")
+# config.json fields that name where a checkpoint came from, not what it is.
+_PROVENANCE_FIELDS = ("_name_or_path", "transformers_version")
+
+
+def weights_family(model_path: str, tokenizer_path: str | None = None) -> str:
+    """Fingerprint of everything but the weights that a vLLM engine takes from a model
+    directory; two directories with the same family can share one engine. A path that is
+    not a local directory (a hub name) is its own family."""
+    import hashlib
+
+    directories = [model_path, tokenizer_path or model_path]
+    if not all(os.path.isdir(d) for d in directories):
+        return json.dumps({"model": model_path, "tokenizer": tokenizer_path})
+    digest = hashlib.sha256()
+    for role, directory in zip(("model", "tokenizer"), directories, strict=True):
+        for name in _FAMILY_FILES:
+            path = os.path.join(directory, name)
+            if not os.path.isfile(path):
+                continue
+            with open(path, "rb") as f:
+                data = f.read()
+            if name == "config.json":
+                config = json.loads(data)
+                for key in _PROVENANCE_FIELDS:
+                    config.pop(key, None)
+                data = json.dumps(config, sort_keys=True).encode()
+            digest.update(f"{role}/{name}:{len(data)}:".encode() + data)
+    return digest.hexdigest()
 
 
 def engine_key(model_path: str, engine_kwargs: dict[str, Any], env: dict[str, str],
                bundle: dict[str, float], num_replicas: int) -> str:
-    """Everything that determines an engine set, as one string (the cache key)."""
-    return json.dumps({"model": model_path, "engine_kwargs": engine_kwargs, "env": env,
-                       "bundle": bundle, "num_replicas": num_replicas},
-                      sort_keys=True, default=str)
+    """Everything that determines an engine set but its weights, as one string (the cache
+    key): the model enters through its `weights_family` only."""
+    kwargs = {k: v for k, v in engine_kwargs.items() if k != "tokenizer"}
+    return json.dumps({"family": weights_family(model_path, engine_kwargs.get("tokenizer")),
+                       "engine_kwargs": kwargs, "env": env, "bundle": bundle,
+                       "num_replicas": num_replicas}, sort_keys=True, default=str)
 
 
 def shared_engines(model_path: str, engine_kwargs: dict[str, Any], env: dict[str, str],
                    bundle: dict[str, float], num_replicas: int) -> list[ray.actor.ActorHandle]:
-    """The engine actors for this key: the held ones, or new ones (after releasing any other
-    set). The actors are created here; their engines load in the background, and the first
-    `generate` call waits for them."""
+    """The engine actors for this key: the held ones (switched to `model_path`'s weights if
+    they hold another model of its family), or new ones (after releasing any other set). New
+    actors load in the background, and the first `generate` call waits for them."""
     global _starts
     key = engine_key(model_path, engine_kwargs, env, bundle, num_replicas)
     with _lock:
         held = _held.get(key)
         if held is not None:
-            log.info("reusing the vLLM engine(s) of %s (%d replica(s))", model_path, num_replicas)
+            if held.model_path != model_path:
+                _switch_weights(held, model_path)
+            else:
+                log.info("reusing the vLLM engine(s) of %s (%d replica(s))", model_path,
+                         num_replicas)
             return held.actors
         release_engines()
         _register_atexit()
@@ -219,10 +315,23 @@ def shared_engines(model_path: str, engine_kwargs: dict[str, Any], env: dict[str
         actor_cls = ray.remote(EngineActor)
         actors = [actor_cls.options(**options).remote(model_path, engine_kwargs)
                   for _ in range(num_replicas)]
-        _held[key] = _EngineSet(key, actors, [a.info.remote() for a in actors])
+        _held[key] = _EngineSet(key, model_path, actors, [a.info.remote() for a in actors])
         _starts += num_replicas
         log.info("started %d vLLM engine(s) for %s", num_replicas, model_path)
         return actors
+
+
+def _switch_weights(held: _EngineSet, model_path: str) -> None:
+    """Load `model_path`'s weights into every engine of `held` now (each call would switch its
+    engine anyway: this makes the cost visible in the log and fails here if the load fails)."""
+    global _reloads
+    import ray
+
+    seconds = ray.get([a.load.remote(model_path) for a in held.actors])
+    held.model_path = model_path
+    _reloads += len(held.actors)
+    log.info("loaded the weights of %s into the held vLLM engine(s) in %.1fs", model_path,
+             max(seconds))
 
 
 def release_engines(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> int:
@@ -287,6 +396,11 @@ def _wait_dead(actors: list, timeout_s: float = 10.0) -> None:
 def engine_starts() -> int:
     """Engines started by this driver so far (tests and benchmarks count reuse with it)."""
     return _starts
+
+
+def engine_reloads() -> int:
+    """Weight switches of held engines by this driver so far (each one a start-up saved)."""
+    return _reloads
 
 
 def held_engines() -> int:

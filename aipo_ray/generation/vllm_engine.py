@@ -116,7 +116,7 @@ def _generate_shared(requests: list[pa.Table], path: str, cfg: GenerationConfig,
               for k, t in enumerate(requests)]
     return ray.data.from_arrow(blocks).map_batches(
         _call_engine, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
-        fn_kwargs=dict(engines=engines, sampling=sampling,
+        fn_kwargs=dict(engines=engines, model_path=path, sampling=sampling,
                        per_request_seed=per_request_seeds(cfg, kwargs), eos_ids=eos_ids),
         # The tasks only wait for an engine: they hold no CPU the engines need.
         compute=ray.data.TaskPoolStrategy(size=_BLOCKS_IN_FLIGHT * len(engines)), num_cpus=0,
@@ -129,14 +129,14 @@ _ENGINE_COLUMN = "_engine"
 _BLOCKS_IN_FLIGHT = 4
 
 
-def _call_engine(batch: pa.Table, engines: list, sampling: Sampling, per_request_seed: bool,
-                 eos_ids: list[int]) -> pa.Table:
+def _call_engine(batch: pa.Table, engines: list, model_path: str, sampling: Sampling,
+                 per_request_seed: bool, eos_ids: list[int]) -> pa.Table:
     import ray
 
     engine = engines[batch.column(_ENGINE_COLUMN)[0].as_py()]
     requests = batch.drop_columns([_ENGINE_COLUMN])
-    return ray.get(engine.generate.remote(requests, sampling, per_request_seed, eos_ids,
-                                          GENERATIONS))
+    return ray.get(engine.generate.remote(model_path, requests, sampling, per_request_seed,
+                                          eos_ids, GENERATIONS))
 
 
 def engine_env(cfg: GenerationConfig) -> dict[str, str]:

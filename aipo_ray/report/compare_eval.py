@@ -29,6 +29,7 @@ from typing import Any
 import pandas as pd
 
 from aipo_ray.config import RunConfig
+from aipo_ray.generation.engines import release_engines
 from aipo_ray.storage import RunDir, iteration_name
 
 from .evaluate import (
@@ -102,28 +103,37 @@ def vs_base_win_rates(variants: list[Variant], config: RunConfig, *, ranker=None
     first = variants[0].rd
     prompts, source = heldout_prompts(config, first, [v.rd for v in variants[1:]])
     generate_fn = generate_fn or default_generate(config)
+    # Every model answers first, one after the other on one held engine (each loads its weights
+    # into it), then the engine is released and the judge runs.
     bases: dict[str | None, tuple[str, pd.DataFrame]] = {}
-    out: dict[str, Any] = {}
-    judge = ranker or configured_judge(config, first, {} if judgements is None else judgements)
+    answers: dict[str, dict[int, pd.DataFrame]] = {}
     for v in variants:
         models = committed_models(v.rd)
         if 0 not in models or len(models) < 2:
             log.warning("compare: %s has no committed model to judge yet; left out", v.name)
-            out[v.name] = {"comparisons": [], "models": {}}
             continue
         identity = model_identity(v.rd, 0)
         if identity not in bases:  # θ_0 answers once per distinct base model
             bases[identity] = (v.rd.uri, model_responses(config, v.rd, 0, prompts, generate_fn))
-        responses = {0: bases[identity][1].set_index("prompt_id")}
+        answers[v.name] = {0: bases[identity][1].set_index("prompt_id")}
         for it in models[1:]:
-            responses[it] = model_responses(config, v.rd, it, prompts,
-                                            generate_fn).set_index("prompt_id")
+            answers[v.name][it] = model_responses(config, v.rd, it, prompts,
+                                                  generate_fn).set_index("prompt_id")
+    release_engines()
+
+    out: dict[str, Any] = {}
+    judge = ranker or configured_judge(config, first, {} if judgements is None else judgements)
+    for v in variants:
+        responses = answers.get(v.name)
+        if responses is None:
+            out[v.name] = {"comparisons": [], "models": {}}
+            continue
         out[v.name] = {
             "comparisons": [_compare_pair(config, judge, prompts, responses, it, 0, "vs_base")
-                            for it in models[1:]],
+                            for it in sorted(responses)[1:]],
             "models": {iteration_name(it): _model_summary(frame.reset_index())
                        for it, frame in responses.items()},
-            "base_responses_from": bases[identity][0],
+            "base_responses_from": bases[model_identity(v.rd, 0)][0],
         }
     return {"settings": settings(config, len(prompts), source), "variants": out}
 

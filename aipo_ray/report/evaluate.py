@@ -28,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 
 from aipo_ray.config import RunConfig, StorageConfig
+from aipo_ray.generation.engines import release_engines
 from aipo_ray.storage import MODELS, RunDir, iteration_name, tables, with_retries
 
 from .collect import EVAL_JSON, list_iterations, load_run_config, read_finished_table
@@ -125,22 +126,24 @@ def _responses_fingerprint(config: RunConfig, prompts: pd.DataFrame, model_uri: 
 
 
 def default_generate(config: RunConfig) -> Callable[[pd.DataFrame, str], pd.DataFrame]:
-    """One greedy (or configured) response per prompt through `aipo_ray.generation.generate`."""
+    """One greedy (or configured) response per prompt through `aipo_ray.generation.generate`.
+
+    A vLLM engine stays held from one model to the next, which then loads its weights into it
+    instead of starting a new one (generation/engines.py): answer with every model first, then
+    `release_engines()` before judging, which needs the CPUs (or GPUs) back.
+    """
 
     def run(prompts: pd.DataFrame, model_uri: str) -> pd.DataFrame:
         import ray.data
 
         from aipo_ray.generation import generate
-        from aipo_ray.generation.engines import release_engines
         from aipo_ray.runtime import init_ray
 
         init_ray(config.ray)
         ds = ray.data.from_pandas(prompts[["prompt_id", "prompt"]])
-        out = generate(ds, model_uri, config.generation, n=1, max_tokens=eval_max_tokens(config),
-                       temperature=config.eval.temperature, top_p=config.eval.top_p,
-                       storage=config.storage, model=config.model).to_pandas()
-        release_engines()  # one call per model: the judge that follows needs the CPUs
-        return out
+        return generate(ds, model_uri, config.generation, n=1, max_tokens=eval_max_tokens(config),
+                        temperature=config.eval.temperature, top_p=config.eval.top_p,
+                        storage=config.storage, model=config.model).to_pandas()
 
     return run
 
@@ -218,6 +221,7 @@ def evaluate_run(run_dir: str, overrides: list[str] | None = None, *,
     generate_fn = generate_fn or default_generate(config)
     responses = {it: model_responses(config, rd, it, prompts, generate_fn).set_index("prompt_id")
                  for it in models}
+    release_engines()  # the judge needs the CPUs (or GPUs) the answering engine holds
     ranker = ranker or default_ranker(config, rd)
     comparisons = [_compare_pair(config, ranker, prompts, responses, a, b, kind)
                    for a, b, kind in comparison_plan(models, config.eval.compare_to_base)]

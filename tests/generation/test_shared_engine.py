@@ -20,6 +20,7 @@ from aipo_ray.pipeline import StageContext, run_stage
 from aipo_ray.pipeline.stage import Stage, StageResult
 from aipo_ray.resources import ResourceAsk
 from aipo_ray.storage import RunDir
+from tests.fixtures.models import build_tiny_llama
 
 from .test_hf_generation import PROMPTS
 from .test_vllm_generation import run_vllm, vllm_available  # noqa: F401  (fixture)
@@ -94,6 +95,89 @@ def test_shared_engine_gives_ray_data_llm_candidates_from_one_engine_and_stops_c
     assert release_engines() == 1 and held_engines() == 0
     alive, left = wait_gone([info["pid"], *info["children"]], segments)
     assert alive == [] and left == [], (alive, left)
+
+
+def generate_lazily(model_path):
+    """The greedy Dataset of `run`, not yet executed."""
+    import ray
+
+    from aipo_ray.generation import generate
+
+    cfg = GenerationConfig(backend="vllm", max_tokens=8, batch_size=2, max_model_len=512,
+                           engine_env=ENGINE_ENV)
+    return generate(ray.data.from_arrow(pa.table({
+        "prompt_id": [f"p{i}" for i in range(len(PROMPTS))], "prompt": PROMPTS})), model_path, cfg,
+        n=1, temperature=0.0)
+
+
+def rows_of(ds):
+    return sorted(ds.take_all(), key=lambda r: (r["prompt_id"], r["candidate_idx"]))
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_a_held_engine_switches_weights_within_a_family_and_answers_as_a_fresh_engine(
+    vllm_available, no_engines_held, tmp_path, smollm2_path  # noqa: F811
+):
+    from aipo_ray.generation.engines import engine_reloads
+
+
+
+    a = build_tiny_llama(tmp_path / "a", smollm2_path, seed=0)
+    b = build_tiny_llama(tmp_path / "b", smollm2_path, seed=1)  # same family, other weights
+    starts, reloads = engine_starts(), engine_reloads()
+    from_a = rows_of(generate_lazily(a))
+    lazy_a = generate_lazily(a)            # built for a, run only after the engine holds b
+    from_b = rows_of(generate_lazily(b))
+    assert (engine_starts() - starts, engine_reloads() - reloads) == (1, 1)
+    assert [r["response"] for r in from_a] != [r["response"] for r in from_b]
+    assert rows_of(lazy_a) == from_a       # its blocks switched the engine back to a's weights
+    assert engine_info()["reloads"] == 2 and engine_info()["model"] == a
+
+    release_engines()
+    assert rows_of(generate_lazily(b)) == from_b  # a fresh engine on b: the same answers
+    assert engine_starts() - starts == 2
+
+    # Another architecture is another family: a new engine, not a reload.
+    wider = build_tiny_llama(tmp_path / "wider", smollm2_path, hidden_size=96, head_dim=32,
+                             num_attention_heads=3, num_key_value_heads=3)
+    rows_of(generate_lazily(wider))
+    assert engine_starts() - starts == 3 and engine_reloads() - reloads == 1
+
+
+def test_weights_family_ignores_weights_and_provenance_but_not_architecture_or_tokenizer(
+    tmp_path, smollm2_path
+):
+    import json
+    import shutil
+
+    from aipo_ray.generation.engines import engine_key, weights_family
+
+
+
+    a = build_tiny_llama(tmp_path / "a", smollm2_path, seed=0)
+    b = build_tiny_llama(tmp_path / "b", smollm2_path, seed=1)
+    assert weights_family(a) == weights_family(b)
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    config["_name_or_path"] = "/somewhere/else"
+    (tmp_path / "b" / "config.json").write_text(json.dumps(config))
+    assert weights_family(a) == weights_family(b)
+    # The tokenizer passed apart from the model counts, by content, not by path.
+    assert weights_family(a, tokenizer_path=b) == weights_family(a)
+    key = engine_key(a, {"tokenizer": a, "dtype": "float32"}, {}, {"CPU": 1.0}, 1)
+    assert key == engine_key(b, {"tokenizer": b, "dtype": "float32"}, {}, {"CPU": 1.0}, 1)
+    assert key != engine_key(b, {"tokenizer": b, "dtype": "bfloat16"}, {}, {"CPU": 1.0}, 1)
+
+    wider = build_tiny_llama(tmp_path / "wider", smollm2_path, intermediate_size=256)
+    assert weights_family(wider) != weights_family(a)
+    other_template = tmp_path / "template"
+    shutil.copytree(a, other_template)
+    tokenizer_config = json.loads((other_template / "tokenizer_config.json").read_text())
+    tokenizer_config["chat_template"] = "{{ messages[0]['content'] }}"
+    (other_template / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    (other_template / "chat_template.jinja").unlink(missing_ok=True)
+    assert weights_family(other_template) != weights_family(a)
+    assert weights_family("org/hub-model") != weights_family("org/other-model")
 
 
 class NeedsAllCpus(Stage):
