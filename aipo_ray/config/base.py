@@ -12,6 +12,17 @@ MODEL_CONTENT = {"content": "model"}
 DATA_CONTENT = {"content": "data"}
 
 
+# An option added after runs exist, that leaves the output unchanged at its default: at the
+# default it is left out of the stage fingerprints, so finished stages of those runs stay valid.
+OMIT_AT_DEFAULT = {"omit_at_default": True}
+
+
+def omitted_at_default(field, value) -> bool:
+    """Whether a pydantic FieldInfo marked OMIT_AT_DEFAULT holds its default."""
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("omit_at_default")) and value == field.default
+
+
 def content_kind(field) -> str | None:
     """'model', 'data' or None for a pydantic FieldInfo."""
     extra = field.json_schema_extra

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from .base import DATA_CONTENT, StrictModel
+from .base import DATA_CONTENT, OMIT_AT_DEFAULT, StrictModel
 
 
 class PromptSourceConfig(StrictModel):
@@ -99,3 +99,14 @@ class PairsConfig(StrictModel):
     max_pairs: int | None = Field(default=None, ge=1, description="cap on pairs per iteration")
     drop_truncated: bool = Field(default=True, description="drop candidates cut by max_tokens")
     drop_empty: bool = True
+    target: int | None = Field(
+        default=None, ge=1, json_schema_extra=OMIT_AT_DEFAULT,
+        description="pairs wanted per iteration (the paper's unit: 20K): sample more prompts, "
+        "round after round, until this many survive the rules above; the iteration trains on "
+        "the first `target` (default: one round, whatever survives)",
+    )
+    max_rounds: int = Field(
+        default=4, ge=1, le=100, json_schema_extra=OMIT_AT_DEFAULT,
+        description="with `target`: at most this many sampling rounds per iteration; fewer "
+        "pairs than `target` after the last is a warning, not an error",
+    )

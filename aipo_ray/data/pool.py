@@ -47,10 +47,14 @@ class PromptPool:
         return out
 
 
-def load_pool(cfg: PromptsConfig, run_dir: RunDir, iteration: int) -> PromptPool:
-    """Seeds (with their rejected rows) and every earlier iteration's finished prompts table."""
+def load_pool(cfg: PromptsConfig, run_dir: RunDir, iteration: int,
+              this_iteration: pa.Table | None = None) -> PromptPool:
+    """Seeds (with their rejected rows) and every earlier iteration's finished prompts table,
+    plus `this_iteration`: prompts the earlier sampling rounds of this iteration took."""
     seeds = load_prompts(cfg, run_dir.storage)
     earlier = [run_dir.read_stage_table(j, "prompts").select(PROMPTS.names)
                for j in range(1, iteration)]
+    if this_iteration is not None:
+        earlier.append(this_iteration.select(PROMPTS.names))
     table = pa.concat_tables(earlier) if earlier else PROMPTS.empty_table()
     return PromptPool(seeds, table)

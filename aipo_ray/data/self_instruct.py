@@ -65,19 +65,23 @@ def format_request(examples: Sequence[str], template: str | None = None) -> str:
 
 def build_requests(
     seeds: Sequence[str], generated: Sequence[str], cfg: SelfInstructConfig, *, seed: int,
-    iteration: int, count: int | None = None,
+    iteration: int, count: int | None = None, round: int = 0,
 ) -> pa.Table:
-    """(prompt_id, prompt) of every request; the same seed and iteration give the same requests."""
+    """(prompt_id, prompt) of every request; the same seed, iteration and sampling round
+    (pipeline/rounds.py; 0 or 1 for the first) give the same requests."""
     if not seeds and not generated:
         raise ValueError("self-instruct needs a non-empty prompt pool to sample examples from")
-    rng = np.random.default_rng([seed, iteration])
+    later_round = round > 1
+    rng = np.random.default_rng([seed, iteration, round] if later_round else [seed, iteration])
+    # Request ids seed the candidates (generation), so a later round's must differ too.
+    prefix = f"si-{iteration:03d}-r{round:02d}" if later_round else f"si-{iteration:03d}"
     count = num_requests(cfg) if count is None else count
     ids, prompts = [], []
     for r in range(count):
         examples = sample_few_shot(seeds, generated, cfg.num_few_shot, cfg.num_few_shot_generated,
                                    rng)
         # Request ids stay unique even when two requests draw the same examples.
-        ids.append(f"si-{iteration:03d}-{r:06d}")
+        ids.append(f"{prefix}-{r:06d}")
         prompts.append(format_request(examples, cfg.prompt_template))
     return pa.table({"prompt_id": ids, "prompt": prompts})
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from .fingerprint import leaf_changes
 from .plan import log_plan, plan_run
 from .registry import default_stages
 from .reuse import SharedStages
+from .rounds import GatherStage, run_rounds, split_rounds
 from .runner import run_stage
 from .stage import DamagedInput, Stage, StageContext
 
@@ -138,12 +140,29 @@ def run_iteration(chain: Sequence[Stage], ctx: StageContext, total: int | None =
                   ) -> dict[str, dict[str, Any]]:
     """Run one iteration's stages in order; returns their `_SUCCESS` records by stage name.
 
+    With `pairs.target` set, the leading data stages run in sampling rounds first (rounds.py)
+    and the iteration's own data tables are gathered from them.
+
     A stage that finds an earlier stage's output damaged (`DamagedInput`) sends the iteration
     back to that stage, which reruns with everything after it, even where their `_SUCCESS` is
     valid. Once per stage: damage that a rerun does not cure is raised.
     """
-    names = [stage.name for stage in chain]
     console.info("iteration %d/%s", ctx.iteration, total or "?")
+    records: dict[str, dict[str, Any]] = {}
+    if ctx.config.pairs.target is not None:
+        data, rest = split_rounds(chain)
+        rounds = run_rounds(data, ctx, partial(_run_chain, total=total))
+        chain = [GatherStage(stage.name, rounds) for stage in data] + rest
+    records.update(_run_chain(chain, ctx, total))
+    skipped = [name for name, rec in records.items() if rec.get("skipped")]
+    if skipped:
+        console.info("  %d stages done earlier, skipped: %s", len(skipped), ", ".join(skipped))
+    return records
+
+
+def _run_chain(chain: Sequence[Stage], ctx: StageContext, total: int | None
+               ) -> dict[str, dict[str, Any]]:
+    names = [stage.name for stage in chain]
     records: dict[str, dict[str, Any]] = {}
     rerun_from: set[str] = set()
     forced_from = len(chain)
@@ -151,7 +170,7 @@ def run_iteration(chain: Sequence[Stage], ctx: StageContext, total: int | None =
     while n < len(chain):
         stage = chain[n]
         log.info("iteration %d/%s, stage %d/%d: %s", ctx.iteration, total or "?", n + 1,
-                 len(chain), stage.name)
+                 len(chain), ctx.table_name(stage.name))
         try:
             records[stage.name] = run_stage(stage, ctx, force=n >= forced_from)
         except DamagedInput as e:
@@ -163,9 +182,6 @@ def run_iteration(chain: Sequence[Stage], ctx: StageContext, total: int | None =
             n = forced_from = names.index(e.stage)
             continue
         n += 1
-    skipped = [name for name, rec in records.items() if rec.get("skipped")]
-    if skipped:
-        console.info("  %d stages done earlier, skipped: %s", len(skipped), ", ".join(skipped))
     return records
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from aipo_ray.config import RunConfig
-from aipo_ray.config.base import content_kind
+from aipo_ray.config.base import content_kind, omitted_at_default
 from aipo_ray.models import model_identity
 from aipo_ray.storage.identity import content_identity
 
@@ -50,7 +50,8 @@ def content_config(config: RunConfig, keys: tuple[str, ...]) -> dict[str, Any]:
 def _content_value(value: Any, kind: str | None, config: RunConfig) -> Any:
     if isinstance(value, BaseModel):
         return {name: _content_value(getattr(value, name), content_kind(info), config)
-                for name, info in type(value).model_fields.items() if name not in PLACEMENT_KEYS}
+                for name, info in type(value).model_fields.items()
+                if name not in PLACEMENT_KEYS and not omitted_at_default(info, getattr(value, name))}
     if isinstance(value, list | tuple):
         return [_content_value(v, kind, config) for v in value]
     if kind and isinstance(value, str) and value not in _SPECIAL_MODELS:
@@ -73,13 +74,18 @@ def _identity(kind: str, value: str, config: RunConfig) -> str:
 def identity_payload(stage: Stage, ctx: StageContext) -> dict[str, Any]:
     """Everything `stage`'s output depends on at this iteration, as JSON-able data."""
     rd = ctx.run_dir
-    inputs = {name: _fingerprint_of(rd.stage_success(ctx.iteration, name))
-              for name in stage.inputs}
+    inputs = {name: _fingerprint_of(ctx.success(name)) for name in stage.inputs}
     for name in stage.history_inputs:
         inputs[f"earlier {name}"] = [_fingerprint_of(rd.stage_success(j, name))
                                      for j in range(1, ctx.iteration)]
+    in_round = ctx.table_name(stage.name) != stage.name
+    if in_round:  # a later round samples around what the earlier rounds of its iteration took
+        for name in stage.round_history_inputs:
+            inputs[f"earlier rounds {name}"] = [
+                _fingerprint_of(ctx.in_round(r).success(name)) for r in range(1, ctx.round)]
     return {
         "stage": stage.name, "version": stage.version, "iteration": ctx.iteration,
+        **({"round": ctx.round} if in_round else {}),
         "inputs": inputs,
         "models": {role: model_identity(uri, ctx.config.storage)
                    for role, uri in sorted(stage.models(ctx).items())},

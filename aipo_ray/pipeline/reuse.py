@@ -45,7 +45,7 @@ class SharedStages:
         for rd in self.run_dirs:
             if rd.uri == ctx.run_dir.uri:
                 continue
-            record = rd.stage_success(ctx.iteration, name)
+            record = rd.stage_success(ctx.iteration, ctx.table_name(name))
             if record and record.get("fingerprint") == fingerprint:
                 return rd
         return None
@@ -63,8 +63,8 @@ class SharedStages:
         source = self.find(ctx, stage.name, fingerprint)
         if source is None:
             return None
-        record = copy_stage(source, ctx.run_dir, ctx.iteration, stage.name)
-        log.info("iteration %d stage %r: reused from %s", ctx.iteration, stage.name,
+        record = copy_stage(source, ctx.run_dir, ctx.iteration, ctx.table_name(stage.name))
+        log.info("iteration %d stage %r: reused from %s", ctx.iteration, ctx.table_name(stage.name),
                  record["reused_from"])
         return record
 

@@ -30,16 +30,16 @@ FAILED_RELEASE_TIMEOUT_S = 15.0
 
 
 def is_done(stage: Stage, ctx: StageContext) -> bool:
-    rec = ctx.run_dir.stage_success(ctx.iteration, stage.name)
+    rec = ctx.success(stage.name)
     return rec is not None and rec.get("fingerprint") == digest(identity_payload(stage, ctx))
 
 
 def run_stage(stage: Stage, ctx: StageContext, force: bool = False) -> dict[str, Any]:
     """Run `stage` unless its valid `_SUCCESS` says it is done; return its `_SUCCESS` record."""
-    where = f"iteration {ctx.iteration} stage {stage.name!r}"
+    where = f"iteration {ctx.iteration} stage {ctx.table_name(stage.name)!r}"
     payload = identity_payload(stage, ctx)
     fp = digest(payload)
-    done = ctx.run_dir.stage_success(ctx.iteration, stage.name)
+    done = ctx.success(stage.name)
     if done is not None and done.get("fingerprint") == fp and not force:
         log.info("%s: done (valid _SUCCESS), skipping", where)
         return {**done, "skipped": True}
@@ -50,7 +50,7 @@ def run_stage(stage: Stage, ctx: StageContext, force: bool = False) -> dict[str,
         taken = shared.take(stage, ctx, fp)
         if taken is None:
             return _execute(stage, ctx, payload, fp, force, where)
-        console.info("  %-14s reused   from %s", stage.name, taken["reused_from"])
+        console.info("  %-14s reused   from %s", _shown(stage, ctx), taken["reused_from"])
         return taken
 
 
@@ -61,7 +61,7 @@ def _execute(stage: Stage, ctx: StageContext, payload: dict[str, Any], fp: str, 
     directory = ctx.stage_path(stage.name)
     _prepare_directory(stage, ctx, directory, fp, force, where)
     log.info("%s: running", where)
-    console.info("  %-14s running", stage.name)
+    console.info("  %-14s running", _shown(stage, ctx))
     started = time.time()
     try:
         result = stage.run(ctx)
@@ -73,7 +73,8 @@ def _execute(stage: Stage, ctx: StageContext, payload: dict[str, Any], fp: str, 
     _pause_for_tests(stage.name, where)
     _check_rejected_fraction(result, ctx.config.max_bad_row_fraction, where, directory)
     record = {
-        "stage": stage.name, "iteration": ctx.iteration, "fingerprint": fp, "identity": payload,
+        "stage": stage.name, "iteration": ctx.iteration, **_round_of(stage, ctx),
+        "fingerprint": fp, "identity": payload,
         "rows_in": result.rows_in, "rows_out": result.rows_out,
         "rejected": dict(result.rejected), "rejected_total": result.rejected_total,
         "seconds": round(seconds, 3),
@@ -85,9 +86,18 @@ def _execute(stage: Stage, ctx: StageContext, payload: dict[str, Any], fp: str, 
     log.info("%s: done in %.1fs (%d in, %d out, %d rejected)", where, seconds, result.rows_in,
              result.rows_out, result.rejected_total)
     rejected = f", {result.rejected_total} rejected" if result.rejected_total else ""
-    console.info("  %-14s done     %d → %d rows%s  %.1fs", stage.name, result.rows_in,
+    console.info("  %-14s done     %d → %d rows%s  %.1fs", _shown(stage, ctx), result.rows_in,
                  result.rows_out, rejected, seconds)
     return record
+
+
+def _round_of(stage: Stage, ctx: StageContext) -> dict[str, int]:
+    return {"round": ctx.round} if ctx.table_name(stage.name) != stage.name else {}
+
+
+def _shown(stage: Stage, ctx: StageContext) -> str:
+    """The stage's name on the console: with its round when it runs in a sampling round."""
+    return f"{stage.name} r{ctx.round}" if ctx.table_name(stage.name) != stage.name else stage.name
 
 
 def _prepare_directory(stage: Stage, ctx: StageContext, directory: str, fp: str, force: bool,

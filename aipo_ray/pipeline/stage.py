@@ -18,7 +18,7 @@ Adding a stage: subclass `Stage` in its own module under `pipeline/stages/` and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
@@ -35,6 +35,17 @@ POLICY = "policy"
 # How θ_t is read (tokenizer, chat template, dtype): every stage that reads θ_t depends on them.
 # `model.path` is not among them: it is θ_0, whose identity the `policy` model already carries.
 MODEL_IO_KEYS = ("model.tokenizer", "model.chat_template", "model.dtype", "model.trust_remote_code")
+
+
+# The data stages that run once per sampling round when `pairs.target` asks for more pairs than
+# one round gives (pipeline/rounds.py); their per-round tables are then gathered into the
+# iteration's own tables of the same names.
+ROUND_STAGES = ("self_instruct", "prompts", "generations", "rankings", "pairs")
+
+
+def round_table(round: int, stage: str) -> str:
+    """The directory of `stage`'s table in sampling round `round`, under `iter_NNN/`."""
+    return f"rounds/{round:02d}/{stage}"
 
 
 class StageError(RuntimeError):
@@ -77,6 +88,9 @@ class StageContext:
     iteration: int
     # Finished stages of other runs (a sweep's variants) whose output an equal stage may take.
     shared: SharedStages | None = None
+    # The sampling round of the data stages (`pairs.target`, pipeline/rounds.py): 0 outside
+    # rounds; in round r the tables of ROUND_STAGES live under `iter_NNN/rounds/rr/`.
+    round: int = 0
 
     @property
     def policy_uri(self) -> str:
@@ -86,18 +100,41 @@ class StageContext:
     def output_model_uri(self) -> str:
         return self.run_dir.model_uri(self.iteration)
 
+    def table_name(self, stage: str) -> str:
+        """Where stage `stage`'s table lives under `iter_NNN/`: its name, or in a sampling
+        round `rounds/rr/<name>` for the data stages."""
+        if self.round and stage in ROUND_STAGES:
+            return round_table(self.round, stage)
+        return stage
+
     def stage_path(self, stage: str) -> str:
-        return self.run_dir.stage_path(self.iteration, stage)
+        return self.run_dir.stage_path(self.iteration, self.table_name(stage))
+
+    def success(self, stage: str) -> dict | None:
+        """The `_SUCCESS` record of stage `stage` of this iteration (and round), or None."""
+        return self.run_dir.stage_success(self.iteration, self.table_name(stage))
 
     def read(self, stage: str) -> pa.Table:
         """A finished input table of this iteration."""
-        return self.run_dir.read_stage_table(self.iteration, stage)
+        return self.run_dir.read_stage_table(self.iteration, self.table_name(stage))
+
+    def prompt_ids(self, stage: str) -> list[str]:
+        """The sorted distinct prompt ids of a finished input table (a sharded stage's plan)."""
+        return self.run_dir.stage_prompt_ids(self.iteration, self.table_name(stage))
+
+    def read_rows(self, stage: str, first: str, last: str) -> pa.Table:
+        """The rows of a finished input table with prompt_id in [first, last] (one shard)."""
+        return self.run_dir.read_stage_rows(self.iteration, self.table_name(stage), first, last)
 
     def write(self, stage: str, table: pa.Table, part: int = 0) -> str:
-        return self.run_dir.write_stage_table(self.iteration, stage, table, part)
+        return self.run_dir.write_stage_table(self.iteration, self.table_name(stage), table, part)
 
     def write_rejected(self, stage: str, table: pa.Table, part: int = 0) -> None:
-        self.run_dir.write_rejected(self.iteration, stage, table, part)
+        self.run_dir.write_rejected(self.iteration, self.table_name(stage), table, part)
+
+    def in_round(self, round: int, config: RunConfig | None = None) -> StageContext:
+        """This context in sampling round `round` (with that round's config, if given)."""
+        return replace(self, round=round, config=config or self.config)
 
 
 class Stage:
@@ -111,6 +148,9 @@ class Stage:
     version: ClassVar[int] = 1
     inputs: tuple[str, ...] = ()
     history_inputs: tuple[str, ...] = ()
+    # In sampling round r > 1: stages of rounds 1..r-1 of the same iteration the output depends
+    # on (the prompts taken so far, which a later round must not take again).
+    round_history_inputs: tuple[str, ...] = ()
     config_keys: tuple[str, ...] = ()
     schema: ClassVar[pa.Schema | None] = None
     # True when the stage commits θ_{t+1}: the stages of t+1 that read the policy follow it.

@@ -72,10 +72,14 @@ def _iteration_numbers(run_dir: RunDir) -> list[int]:
 
 def _iteration_stages(run_dir: RunDir, iteration: int, chain: list[str]) -> dict[str, Any]:
     fs = run_dir.fs
-    present = {p.rstrip("/").rsplit("/", 1)[-1]: p
-               for p in fs.ls(run_dir.iteration_path(iteration), detail=False) if fs.isdir(p)}
+    present = _stage_directories(fs, run_dir.iteration_path(iteration))
+    if ROUNDS in present:  # sampling rounds (pipeline/rounds.py): each round's data stages
+        rounds = present.pop(ROUNDS)
+        for r, path in sorted(_stage_directories(fs, rounds).items()):
+            present.update({f"{ROUNDS}/{r}/{name}": p
+                            for name, p in _stage_directories(fs, path).items()})
     stages = {}
-    for name in sorted(set(present) | set(chain), key=stage_order):
+    for name in sorted(set(present) | set(chain), key=_in_run_order):
         rec = read_success(fs, present[name]) if name in present else None
         if rec:
             stages[name] = {"state": "done", "done": True, "rows_in": rec.get("rows_in"),
@@ -88,6 +92,22 @@ def _iteration_stages(run_dir: RunDir, iteration: int, chain: list[str]) -> dict
         else:
             stages[name] = {"state": "pending", "done": False}
     return stages
+
+
+ROUNDS = "rounds"
+
+
+def _stage_directories(fs, directory: str) -> dict[str, str]:
+    return {p.rstrip("/").rsplit("/", 1)[-1]: p
+            for p in fs.ls(directory, detail=False) if fs.isdir(p)}
+
+
+def _in_run_order(name: str) -> tuple:
+    """Sampling rounds first (round by round, stages in pipeline order), then the chain."""
+    if name.startswith(f"{ROUNDS}/"):
+        _, r, stage = name.split("/", 2)
+        return (0, r, stage_order(stage))
+    return (1, "", stage_order(name))
 
 
 def _progress(run_dir: RunDir, directory: str) -> dict[str, Any] | None:

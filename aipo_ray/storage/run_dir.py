@@ -99,7 +99,7 @@ class RunDir:
         """A finished stage's table, checked against its contract."""
         directory = self.stage_path(iteration, stage)
         return with_retries(
-            lambda: tables.read_table(self.fs, directory, SCHEMAS.get(stage), require_success),
+            lambda: tables.read_table(self.fs, directory, _schema(stage), require_success),
             f"read {stage} of {iteration_name(iteration)}", self.storage,
         )
 
@@ -114,7 +114,7 @@ class RunDir:
         """The rows of a finished stage's table with prompt_id in [first, last]: one shard's input."""
         directory = self._finished(iteration, stage)
         return with_retries(
-            lambda: shards.read_id_range(self.fs, directory, first, last, SCHEMAS.get(stage)),
+            lambda: shards.read_id_range(self.fs, directory, first, last, _schema(stage)),
             f"read {stage} rows {first}..{last} of {iteration_name(iteration)}", self.storage)
 
     def _finished(self, iteration: int, stage: str) -> str:
@@ -127,7 +127,7 @@ class RunDir:
     def write_stage_table(self, iteration: int, stage: str, table: pa.Table, part: int = 0) -> str:
         directory = self.stage_path(iteration, stage)
         return with_retries(
-            lambda: tables.write_table(self.fs, directory, table, SCHEMAS.get(stage), part),
+            lambda: tables.write_table(self.fs, directory, table, _schema(stage), part),
             f"write {stage} of {iteration_name(iteration)}", self.storage,
         )
 
@@ -144,3 +144,8 @@ class RunDir:
     def latest_model(self) -> str | None:
         """Name of the newest committed model (`LATEST`), e.g. 'iter_002', or None."""
         return self.read_text(LATEST)
+
+
+def _schema(stage: str) -> pa.Schema | None:
+    """The contract of a stage table; a sampling round's `rounds/rr/<stage>` has its stage's."""
+    return SCHEMAS.get(posixpath.basename(stage))

@@ -13,3 +13,14 @@ def counted_longer_is_better(prompt: str, candidates: list[str]) -> list[float]:
     """`longer_is_better`, recording every prompt it is asked about (in this process)."""
     CALLS.append(prompt)
     return longer_is_better(prompt, candidates)
+
+
+def ties_on_odd_prompts(prompt: str, candidates: list[str]) -> list[float]:
+    """A tie (no pair) for about half the prompts, chosen by a hash of the prompt's text; a
+    distinct score per distinct candidate text for the others. Deterministic across processes."""
+    import hashlib
+
+    if hashlib.sha256(prompt.encode()).digest()[0] % 2:
+        return [0.0] * len(candidates)
+    return [float(int.from_bytes(hashlib.sha256(c.encode()).digest()[:4], "big"))
+            for c in candidates]

@@ -37,11 +37,11 @@ class GenerateStage(PolicyStage):
     def run(self, ctx: StageContext) -> StageResult:
         import ray.data
 
-        cfg, rd, i = ctx.config.generation, ctx.run_dir, ctx.iteration
+        cfg = ctx.config.generation
         n = cfg.num_candidates
         job = ShardJob(
-            prompt_ids=rd.stage_prompt_ids(i, "prompts"),
-            read=lambda ids: rd.read_stage_rows(i, "prompts", ids[0], ids[-1]),
+            prompt_ids=ctx.prompt_ids("prompts"),
+            read=lambda ids: ctx.read_rows("prompts", ids[0], ids[-1]),
             build=lambda prompts: generate(ray.data.from_arrow(prompts), ctx.policy_uri, cfg,
                                            storage=ctx.config.storage,
                                            model=ctx.config.model),

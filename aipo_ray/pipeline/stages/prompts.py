@@ -18,6 +18,7 @@ from aipo_ray.config import RunConfig
 from aipo_ray.data.filters import Instruction, filter_instructions
 from aipo_ray.data.pool import load_pool
 from aipo_ray.data.sources import load_prompts
+from aipo_ray.pipeline.rounds import PoolExhausted, earlier_round_prompts
 from aipo_ray.pipeline.stage import (
     MODEL_IO_KEYS,
     PolicyStage,
@@ -39,6 +40,8 @@ class PromptsStage(PolicyStage):
 
     name = "prompts"
     schema = PROMPTS
+    # A later sampling round takes no prompt an earlier round of the iteration took.
+    round_history_inputs = ("prompts",)
 
     def __init__(self, self_instruct: bool = True):
         self.self_instruct = self_instruct
@@ -66,7 +69,10 @@ class PromptsStage(PolicyStage):
         cfg = ctx.config.prompts
         loaded = load_prompts(cfg, ctx.run_dir.storage, iteration=ctx.iteration)
         table = loaded.table
-        if cfg.per_iteration is not None and table.num_rows:
+        taken = earlier_round_prompts(ctx)
+        if taken.num_rows:
+            table = _later_round_slice(table, taken, cfg.per_iteration, ctx)
+        elif cfg.per_iteration is not None and table.num_rows:
             table = table.take(iteration_slice(table.num_rows, cfg.per_iteration,
                                                ctx.config.seed, ctx.iteration))
         if loaded.rejected:
@@ -80,13 +86,17 @@ class PromptsStage(PolicyStage):
     def _filter_self_instruct(self, ctx: StageContext) -> StageResult:
         cfg = ctx.config.self_instruct
         raw = conform(ctx.read("self_instruct"), SELF_INSTRUCT, "self_instruct").to_pylist()
-        pool = load_pool(ctx.config.prompts, ctx.run_dir, ctx.iteration)
+        taken = earlier_round_prompts(ctx)
+        pool = load_pool(ctx.config.prompts, ctx.run_dir, ctx.iteration, taken)
         counts = token_counts([r["prompt"] for r in raw], ctx)
         instructions = [Instruction(r["prompt"] or "", n, bool(r["truncated"]))
                         for r, n in zip(raw, counts, strict=True)]
         result = filter_instructions(instructions, pool.texts, cfg.filters,
                                      limit=cfg.num_instructions)
         kept = [raw[i] for i in result.kept]
+        # The near-duplicate filter already refuses what earlier rounds took, unless it is off.
+        again = set(taken.column("prompt_id").to_pylist())
+        kept = [r for r in kept if r["prompt_id"] not in again]
         table = pa.Table.from_pylist(
             [{**{k: r[k] for k in PROMPTS.names}, "iteration": ctx.iteration} for r in kept],
             schema=PROMPTS)
@@ -104,6 +114,19 @@ class PromptsStage(PolicyStage):
         return StageResult(rows_in=len(raw), rows_out=table.num_rows, rejected=result.counts,
                            extra={"wanted": cfg.num_instructions, "surplus": len(result.surplus),
                                   "pool": len(pool.texts), "self_instruct": True})
+
+
+def _later_round_slice(pool: pa.Table, taken: pa.Table, size: int | None,
+                       ctx: StageContext) -> pa.Table:
+    """Sampling round r > 1 of a fixed pool: `size` prompts that rounds 1..r-1 did not take,
+    in a permutation seeded by (seed, iteration, round)."""
+    used = set(taken.column("prompt_id").to_pylist())
+    left = [i for i, pid in enumerate(pool.column("prompt_id").to_pylist()) if pid not in used]
+    if not left:
+        raise PoolExhausted(f"the prompt pool is used up after {ctx.round - 1} rounds "
+                            f"({len(used)} prompts)")
+    order = np.random.default_rng([ctx.config.seed, ctx.iteration, ctx.round]).permutation(left)
+    return pool.take(order[: size or len(order)])
 
 
 def iteration_slice(n: int, size: int, seed: int, iteration: int) -> np.ndarray:
@@ -128,6 +151,9 @@ def token_counts(texts: list[str], ctx: StageContext) -> list[int]:
 
 
 def _require_rows(table: pa.Table, ctx: StageContext, stage: str) -> None:
+    if table.num_rows == 0 and ctx.round > 1:  # the rounds before it stand: train on theirs
+        raise PoolExhausted(f"sampling round {ctx.round} found no new prompt (see "
+                            f"{ctx.stage_path(stage)}/_rejected/)")
     if table.num_rows == 0:
         raise StageError(
             f"iteration {ctx.iteration} stage {stage!r}: no prompt survived; see "

@@ -59,10 +59,10 @@ class RankStage(PolicyStage):
     def run(self, ctx: StageContext) -> StageResult:
         import ray.data
 
-        cfg, rd, i = ctx.config.ranking, ctx.run_dir, ctx.iteration
+        cfg = ctx.config.ranking
         job = ShardJob(
-            prompt_ids=rd.stage_prompt_ids(i, "generations"),
-            read=lambda ids: group_candidates(rd.read_stage_rows(i, "generations", ids[0], ids[-1])),
+            prompt_ids=ctx.prompt_ids("generations"),
+            read=lambda ids: group_candidates(ctx.read_rows("generations", ids[0], ids[-1])),
             build=lambda grouped: rank_pool(ray.data.from_arrow(grouped), cfg, ctx.policy_uri,
                                             ctx.config.storage, score_fn=self.ranker,
                                             model=ctx.config.model),

@@ -42,10 +42,9 @@ class RefLogpsStage(PolicyStage):
     def run(self, ctx: StageContext) -> StageResult:
         import ray.data
 
-        rd, i = ctx.run_dir, ctx.iteration
         job = ShardJob(
-            prompt_ids=rd.stage_prompt_ids(i, "pairs"),
-            read=lambda ids: rd.read_stage_rows(i, "pairs", ids[0], ids[-1]),
+            prompt_ids=ctx.prompt_ids("pairs"),
+            read=lambda ids: ctx.read_rows("pairs", ids[0], ids[-1]),
             build=lambda pairs: reference_pool(ctx.config, ray.data.from_arrow(pairs),
                                                ctx.policy_uri),
             finish=finish_ref_logps, schema=REF_LOGPS,

@@ -24,6 +24,7 @@ from aipo_ray.data.self_instruct import (
     parse_responses,
 )
 from aipo_ray.generation import check_candidates, progress_deadline
+from aipo_ray.pipeline.rounds import earlier_round_prompts
 from aipo_ray.pipeline.sharded import ShardJob, run_sharded
 from aipo_ray.pipeline.stage import (
     MODEL_IO_KEYS,
@@ -52,8 +53,9 @@ class SelfInstructStage(PolicyStage):
 
     name = "self_instruct"
     schema = SELF_INSTRUCT
-    # The pool grows with every earlier iteration's prompts.
+    # The pool grows with every earlier iteration's prompts (and earlier rounds' of this one).
     history_inputs = ("prompts",)
+    round_history_inputs = ("prompts",)
     config_keys = ("prompts", "seed", *_SELF_INSTRUCT_KEYS, *_ENGINE_KEYS, *MODEL_IO_KEYS)
     resumable = True  # sharded by request id (storage.shard_size requests per part)
     shares_engine = True  # θ_t's engine stays up for the generations stage
@@ -69,7 +71,7 @@ class SelfInstructStage(PolicyStage):
 
     def run(self, ctx: StageContext) -> StageResult:
         cfg = ctx.config
-        pool = load_pool(cfg.prompts, ctx.run_dir, ctx.iteration)
+        pool = load_pool(cfg.prompts, ctx.run_dir, ctx.iteration, earlier_round_prompts(ctx))
         if pool.seeds.rejected:
             ctx.write_rejected(self.name, rejected_rows(pool.seeds.rejected))
         seeds, generated = pool.seed_texts, pool.generated_texts
@@ -79,7 +81,7 @@ class SelfInstructStage(PolicyStage):
                 f"row of prompts.sources was rejected (see {ctx.stage_path(self.name)}/_rejected/)"
             )
         requests = build_requests(seeds, generated, cfg.self_instruct, seed=cfg.seed,
-                                  iteration=ctx.iteration)
+                                  iteration=ctx.iteration, round=ctx.round)
         job = ShardJob(
             prompt_ids=requests["prompt_id"].to_pylist(),
             read=lambda ids: requests.filter(pc.is_in(requests["prompt_id"], pa.array(ids))),
