@@ -45,7 +45,7 @@ run: $(STAMP)
 EXPERIMENT_ROOT ?= runs/objectives_tiny
 
 # The paper's objective comparison in miniature (pipelines/experiments/objectives_tiny.yaml:
-# DPO, DPO+NLL, α-DPO, AIPO, SimPO; T = 3; sized for under 45 minutes on 2 CPU cores), then the
+# DPO, DPO+NLL, α-DPO, AIPO, SimPO; T = 3; 68 minutes on an idle 2-core VM), then the
 # comparative report $(EXPERIMENT_ROOT)/compare/index.html. Run again to resume.
 experiment: $(STAMP)
 	$(BIN)/aipo sweep pipelines/experiments/objectives_tiny.yaml --root $(EXPERIMENT_ROOT)

@@ -183,6 +183,7 @@ def cmd_compare(args) -> int:
     run_dirs = [a for a in args.run_dirs if "=" not in a]
     overrides = [*(a for a in args.run_dirs if "=" in a), *args.overrides]
     try:
+        _log_compare_to(args.output, run_dirs)
         result = compare_runs(run_dirs, output=args.output, evaluate=not args.no_eval,
                               overrides=overrides)
     except (ValueError, FileNotFoundError) as e:
@@ -190,6 +191,19 @@ def cmd_compare(args) -> int:
         return 2
     print(f"comparison written: {result['output']}/index.html")
     return 0
+
+
+def _log_compare_to(output: str | None, run_dirs: list[str]) -> None:
+    """Generation and the judge log to `<output>/logs/driver.log`, not on the console."""
+    from aipo_ray.config import StorageConfig
+    from aipo_ray.report.compare import default_output, expand_sweep_roots
+
+    if not run_dirs:
+        return  # compare_runs says what is missing
+    output = output or default_output(expand_sweep_roots(run_dirs, StorageConfig()))
+    if "://" not in output:
+        os.makedirs(output, exist_ok=True)
+    log_to_run_dir(output)
 
 
 def cmd_serve(args) -> int:

@@ -208,6 +208,15 @@ def shared_engine_rows(r: dict) -> list[str]:
                  f"{separate['new_psm_segments']}; load {r['machine']['load_avg_1m_at_write']}")]
 
 
+def engine_reload_rows(r: dict) -> list[str]:
+    f = r["figures"]
+    return [_row("vLLM engine, next model", "s to answer with a 2nd model: weights reloaded vs "
+                 "release + new engine", f["switch_seconds"], f["release_and_fresh_seconds"],
+                 f["switch_over_restart"],
+                 f"ratio < 1: reload faster; same answers: {_f(f['answers_equal'])}; "
+                 f"load {r['machine']['load_avg_1m_at_write']}")]
+
+
 def ranker_cost_rows(r: dict) -> list[str]:
     return [_row(f"ranker cost ({name})", "prompts/s (median); comparisons or requests per prompt",
                  c["prompts_per_s"], None, None, f"{_f(c['comparisons_per_prompt'])} per prompt")
@@ -221,6 +230,7 @@ FORMATTERS = [("train_vs_trl", train_rows), ("ranking", ranking_rows),
               ("driver_memory", memory_rows), ("trainer_e2e", e2e_rows),
               ("training_variants", variant_rows),
               ("sharded_load_memory", load_memory_rows), ("shared_engine", shared_engine_rows),
+              ("engine_reload", engine_reload_rows),
               ("ranker_costs", ranker_cost_rows)]
 
 

@@ -36,8 +36,10 @@ class GenerationConfig(StrictModel):
         default=True,
         description="vllm: one engine per model and settings, kept by the driver and shared by "
         "the stages of an iteration that generate with θ_t (self_instruct, generations); released "
-        "before stages that need its resources. false: ray.data.llm starts engines per stage. "
-        "tensor_parallel_size > 1 always uses ray.data.llm",
+        "before stages that need its resources; a model of the same family (aipo eval, aipo "
+        "compare: θ_0, θ_1, ...) is loaded into the held engine in place instead of starting a "
+        "new one. false: ray.data.llm starts engines per stage. tensor_parallel_size > 1 always "
+        "uses ray.data.llm",
     )
     engine_env: dict[str, str] = Field(
         default_factory=dict,

@@ -78,7 +78,7 @@ def identity_payload(stage: Stage, ctx: StageContext) -> dict[str, Any]:
     for name in stage.history_inputs:
         inputs[f"earlier {name}"] = [_fingerprint_of(rd.stage_success(j, name))
                                      for j in range(1, ctx.iteration)]
-    in_round = ctx.table_name(stage.name) != stage.name
+    in_round = ctx.in_sampling_round(stage.name)
     if in_round:  # a later round samples around what the earlier rounds of its iteration took
         for name in stage.round_history_inputs:
             inputs[f"earlier rounds {name}"] = [

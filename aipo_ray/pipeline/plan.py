@@ -16,7 +16,7 @@ from aipo_ray.config import RunConfig
 from aipo_ray.storage import RunDir
 
 from .fingerprint import digest, explain_change, identity_payload
-from .stage import POLICY, Stage, StageContext
+from .stage import POLICY, ROUND_STAGES, Stage, StageContext
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,11 @@ def plan_run(config: RunConfig, factory: Callable[[RunConfig, int], Sequence[Sta
         it_config = config.for_iteration(iteration)
         ctx = StageContext(config=it_config, run_dir=run_dir, iteration=iteration)
         for stage in factory(it_config, iteration):
-            entry = _plan_stage(stage, ctx, redone, recommitted)
+            # With sampling rounds the data stages are planned as round 1 (the later rounds'
+            # sizes are known only once the earlier ones finish).
+            in_rounds = it_config.pairs.target is not None and stage.name in ROUND_STAGES
+            entry = _plan_stage(stage, ctx.in_round(1) if in_rounds else ctx, redone,
+                                recommitted)
             if entry.will_run:
                 redone.add((iteration, stage.name))
                 if stage.commits_model:
@@ -55,8 +59,9 @@ def plan_run(config: RunConfig, factory: Callable[[RunConfig, int], Sequence[Sta
 def _plan_stage(stage: Stage, ctx: StageContext, redone: set[tuple[int, str]],
                 recommitted: set[int]) -> PlannedStage:
     it = ctx.iteration
-    record = ctx.run_dir.stage_success(it, stage.name)
-    entry = PlannedStage(iteration=it, stage=stage.name, finished=record is not None)
+    record = ctx.success(stage.name)
+    entry = PlannedStage(iteration=it, stage=ctx.table_name(stage.name),
+                         finished=record is not None)
     entry.reasons += [f"input {name} will be redone" for name in stage.inputs
                       if (it, name) in redone]
     entry.reasons += [f"{name} of iteration {j} will be redone" for name in stage.history_inputs

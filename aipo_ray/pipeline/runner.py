@@ -92,12 +92,12 @@ def _execute(stage: Stage, ctx: StageContext, payload: dict[str, Any], fp: str, 
 
 
 def _round_of(stage: Stage, ctx: StageContext) -> dict[str, int]:
-    return {"round": ctx.round} if ctx.table_name(stage.name) != stage.name else {}
+    return {"round": ctx.round} if ctx.in_sampling_round(stage.name) else {}
 
 
 def _shown(stage: Stage, ctx: StageContext) -> str:
     """The stage's name on the console: with its round when it runs in a sampling round."""
-    return f"{stage.name} r{ctx.round}" if ctx.table_name(stage.name) != stage.name else stage.name
+    return f"{stage.name} r{ctx.round}" if ctx.in_sampling_round(stage.name) else stage.name
 
 
 def _prepare_directory(stage: Stage, ctx: StageContext, directory: str, fp: str, force: bool,

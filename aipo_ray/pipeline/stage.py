@@ -100,12 +100,14 @@ class StageContext:
     def output_model_uri(self) -> str:
         return self.run_dir.model_uri(self.iteration)
 
+    def in_sampling_round(self, stage: str) -> bool:
+        """Whether stage `stage` runs here as part of a sampling round."""
+        return bool(self.round) and stage in ROUND_STAGES
+
     def table_name(self, stage: str) -> str:
         """Where stage `stage`'s table lives under `iter_NNN/`: its name, or in a sampling
         round `rounds/rr/<name>` for the data stages."""
-        if self.round and stage in ROUND_STAGES:
-            return round_table(self.round, stage)
-        return stage
+        return round_table(self.round, stage) if self.in_sampling_round(stage) else stage
 
     def stage_path(self, stage: str) -> str:
         return self.run_dir.stage_path(self.iteration, self.table_name(stage))

@@ -15,6 +15,7 @@ from aipo_ray.config import load_config
 from aipo_ray.data.self_instruct import build_requests
 from aipo_ray.pipeline.driver import run
 from aipo_ray.pipeline.fingerprint import content_config
+from aipo_ray.pipeline.plan import plan_run
 from aipo_ray.pipeline.rounds import prompts_needed
 from aipo_ray.pipeline.stage import round_table
 from aipo_ray.pipeline.stages.generate import GenerateStage
@@ -76,6 +77,11 @@ def test_rounds_sample_until_the_target_and_gather_the_iteration_tables(
     gathered = rd.stage_success(1, "pairs")
     assert gathered["extra"]["rounds"] == len(rounds)
     assert gathered["extra"]["surplus"] == pairs - 5
+    # The plan before a resume sees round 1 done (later rounds are sized only as they come).
+    plan = plan_run(config, data_chain, rd, 1)
+    assert [(e.stage, e.will_run) for e in plan] == [(round_table(1, n), False)
+                                                     for n in DATA_STAGES]
+
     # `aipo status` lists the rounds first, round by round in pipeline order, then the chain.
     stages = run_status(rd)["iterations"][0]["stages"]
     listed = [name for name in stages if name.startswith("rounds/")]
