@@ -71,9 +71,11 @@ class EngineActor:
     def __init__(self, model_path: str, engine_kwargs: dict[str, Any]):
         import vllm
 
+        from .vllm_worker import EXTENSION
+
         self.started = time.time()
-        self.engine = vllm.AsyncLLMEngine.from_engine_args(
-            vllm.AsyncEngineArgs(model=model_path, **engine_kwargs))
+        self.engine = vllm.AsyncLLMEngine.from_engine_args(vllm.AsyncEngineArgs(
+            model=model_path, **{"worker_extension_cls": EXTENSION, **engine_kwargs}))
         self.model_path = model_path  # whose weights the engine holds
         self.switching = False
         self.in_flight = 0
@@ -132,9 +134,11 @@ class EngineActor:
         self.in_flight += 1
 
     async def _reload(self, model_path: str) -> None:
-        # In place, from the new directory's safetensors: vLLM's worker method (model runner
-        # `reload_weights`), then the prefix cache, whose KV blocks the old weights computed.
-        await self.engine.collective_rpc("reload_weights", kwargs={"weights_path": model_path})
+        # In place, from the new directory's safetensors (vllm_worker.py: vLLM's reload, then
+        # the tied layers it leaves stale on CPU), then the prefix cache, whose KV blocks the
+        # old weights computed.
+        await self.engine.collective_rpc("reload_weights_and_ties",
+                                         kwargs={"weights_path": model_path})
         await self.engine.reset_prefix_cache()
         self.model_path = model_path
         self.reloads += 1
@@ -279,7 +283,10 @@ def engine_key(model_path: str, engine_kwargs: dict[str, Any], env: dict[str, st
     """Everything that determines an engine set but its weights, as one string (the cache
     key): the model enters through its `weights_family` only."""
     kwargs = {k: v for k, v in engine_kwargs.items() if k != "tokenizer"}
-    return json.dumps({"family": weights_family(model_path, engine_kwargs.get("tokenizer")),
+    # A worker extension of the user's replaces ours (vllm_worker.py): no reloads then.
+    family = (weights_family(model_path, engine_kwargs.get("tokenizer"))
+              if "worker_extension_cls" not in engine_kwargs else model_path)
+    return json.dumps({"family": family,
                        "engine_kwargs": kwargs, "env": env, "bundle": bundle,
                        "num_replicas": num_replicas}, sort_keys=True, default=str)
 

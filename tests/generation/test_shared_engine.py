@@ -123,8 +123,10 @@ def test_a_held_engine_switches_weights_within_a_family_and_answers_as_a_fresh_e
 
 
 
-    a = build_tiny_llama(tmp_path / "a", smollm2_path, seed=0)
-    b = build_tiny_llama(tmp_path / "b", smollm2_path, seed=1)  # same family, other weights
+    # Tied input and output embeddings, as SmolLM2's: vLLM's own reload left the tied head
+    # prepacked from a's weights on CPU, and every answer of b differed from a fresh engine's.
+    a = build_tiny_llama(tmp_path / "a", smollm2_path, seed=0, tie_word_embeddings=True)
+    b = build_tiny_llama(tmp_path / "b", smollm2_path, seed=1, tie_word_embeddings=True)
     starts, reloads = engine_starts(), engine_reloads()
     from_a = rows_of(generate_lazily(a))
     lazy_a = generate_lazily(a)            # built for a, run only after the engine holds b
@@ -143,6 +145,33 @@ def test_a_held_engine_switches_weights_within_a_family_and_answers_as_a_fresh_e
                              num_attention_heads=3, num_key_value_heads=3)
     rows_of(generate_lazily(wider))
     assert engine_starts() - starts == 3 and engine_reloads() - reloads == 1
+
+
+def test_a_reload_reprocesses_every_layer_that_shares_its_weight_and_no_other():
+    import torch
+
+    from aipo_ray.generation.vllm_worker import reprocess_shared_weights
+
+    class Packing:  # like vLLM's CPU methods: a packed copy made from the weight at load time
+        def process_weights_after_loading(self, layer):
+            layer.packed = layer.weight.detach().clone()
+
+    def layer(weight):
+        module = torch.nn.Module()
+        module.weight, module.quant_method = weight, Packing()
+        module.quant_method.process_weights_after_loading(module)
+        return module
+
+    model = torch.nn.Module()
+    model.embed = layer(torch.nn.Parameter(torch.zeros(4, 2)))
+    model.head = layer(model.embed.weight)  # tied
+    model.proj = layer(torch.nn.Parameter(torch.zeros(2, 2)))
+    with torch.no_grad():  # what an in-place reload does: new values in the same tensors
+        model.embed.weight.copy_(torch.ones(4, 2))
+        model.proj.weight.copy_(torch.ones(2, 2))
+    assert reprocess_shared_weights(model) == ["embed", "head"]
+    assert torch.equal(model.head.packed, torch.ones(4, 2))
+    assert torch.equal(model.proj.packed, torch.zeros(2, 2))  # vLLM's reload redoes this one
 
 
 def test_weights_family_ignores_weights_and_provenance_but_not_architecture_or_tokenizer(
