@@ -98,7 +98,9 @@ def test_shared_engine_gives_ray_data_llm_candidates_from_one_engine_and_stops_c
 
 
 def generate_lazily(model_path):
-    """The greedy Dataset of `run`, not yet executed."""
+    """One seeded sample per prompt (each candidate carries its own seed), as a Dataset not
+    yet executed: the same weights give the same text, other weights other text (greedy
+    decoding of a tied random Llama repeats one token whatever its weights)."""
     import ray
 
     from aipo_ray.generation import generate
@@ -107,7 +109,7 @@ def generate_lazily(model_path):
                            engine_env=ENGINE_ENV)
     return generate(ray.data.from_arrow(pa.table({
         "prompt_id": [f"p{i}" for i in range(len(PROMPTS))], "prompt": PROMPTS})), model_path, cfg,
-        n=1, temperature=0.0)
+        n=1, temperature=1.0)
 
 
 def rows_of(ds):
