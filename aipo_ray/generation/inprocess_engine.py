@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -40,7 +41,7 @@ class InProcessEngine:
         import vllm
 
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-engine")
-        self.engine = self._thread.submit(vllm.LLMEngine.from_engine_args, engine_args).result()
+        self.engine = self._thread.submit(_build, vllm, engine_args).result()
         self._waiting: dict[str, asyncio.Future] = {}
         self._to_add: list[tuple[str, dict[str, Any], Any, asyncio.Future]] = []
         self._stepper: asyncio.Task | None = None
@@ -119,6 +120,26 @@ class InProcessEngine:
             raise RuntimeError("the vLLM engine has been shut down")
         return await asyncio.get_running_loop().run_in_executor(
             self._thread, lambda: fn(*args, **kwargs))
+
+
+def _build(vllm: Any, engine_args: Any) -> Any:
+    """The engine, built on the thread that will step it, with as many OpenMP threads as vLLM
+    gives its own CPU worker process. That process gets them through its environment at spawn
+    (OMP_NUM_THREADS: the cores of its NUMA node less the reserved ones); here OpenMP started
+    long ago, under Ray's OMP_NUM_THREADS (the actor's CPU reservation, often 1: half the
+    speed on 2 cores), and an OpenMP thread count belongs to the thread that sets it."""
+    import torch
+    from vllm.utils.ompmultiprocessing import OMPProcessManager
+
+    config = engine_args.create_engine_config()
+    cpu_lists = OMPProcessManager(config).cpu_lists
+    if cpu_lists:
+        threads = len(cpu_lists[0])
+        # Read again by vLLM, which would otherwise cut the engine to 1 thread "for serving".
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+        log.info("in-process vLLM engine: %d OpenMP threads (cores %s)", threads, cpu_lists[0])
+    return vllm.LLMEngine.from_vllm_config(config, disable_log_stats=engine_args.disable_log_stats)
 
 
 def _settle(future: asyncio.Future | None, result: Any = None,
