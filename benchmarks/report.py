@@ -217,6 +217,17 @@ def engine_reload_rows(r: dict) -> list[str]:
                  f"load {r['machine']['load_avg_1m_at_write']}")]
 
 
+def engine_start_rows(r: dict) -> list[str]:
+    f = r["figures"]
+    load = r["machine"]["load_avg_1m_at_write"]
+    return [_row("vLLM engine on CPU, in its actor", "s of engine start (first call − warm call): "
+                 "in process vs EngineCore + worker processes", f["in_process_start_seconds"],
+                 f["subprocesses_start_seconds"], f["start_ratio"],
+                 f"ratio < 1: in process faster; same answers: {_f(f['same_answers'])}; load {load}"),
+            _row("", "s of a warm 12-prompt call", f["in_process_warm_call_seconds"],
+                 f["subprocesses_warm_call_seconds"], f["warm_call_ratio"], "")]
+
+
 def ranker_cost_rows(r: dict) -> list[str]:
     return [_row(f"ranker cost ({name})", "prompts/s (median); comparisons or requests per prompt",
                  c["prompts_per_s"], None, None, f"{_f(c['comparisons_per_prompt'])} per prompt")
@@ -230,7 +241,7 @@ FORMATTERS = [("train_vs_trl", train_rows), ("ranking", ranking_rows),
               ("driver_memory", memory_rows), ("trainer_e2e", e2e_rows),
               ("training_variants", variant_rows),
               ("sharded_load_memory", load_memory_rows), ("shared_engine", shared_engine_rows),
-              ("engine_reload", engine_reload_rows),
+              ("engine_reload", engine_reload_rows), ("engine_start", engine_start_rows),
               ("ranker_costs", ranker_cost_rows)]
 
 

@@ -14,7 +14,7 @@ import traceback
 from benchmarks.common import apply_env, write_result
 
 # scaling reads the others' results, so it runs after them; report runs last.
-BENCHMARKS = ["ranking", "reward_model", "ranker_costs", "pairrm_real_size", "train_vs_trl", "generation", "iteration_split", "shared_engine", "engine_reload", "gpu",
+BENCHMARKS = ["ranking", "reward_model", "ranker_costs", "pairrm_real_size", "train_vs_trl", "generation", "iteration_split", "shared_engine", "engine_reload", "engine_start", "gpu",
               "scaling",
               "driver_memory", "trainer_e2e", "training_variants",
               "sharded_load_memory"]

@@ -249,6 +249,10 @@ class _EngineSet:
     started: float = field(default_factory=time.monotonic)
 
 
+# CPU engines run inside their actor (inprocess_engine.py); False gives them AsyncLLM's EngineCore
+# and worker processes, as on GPUs (benchmarks/engine_start.py compares the two).
+IN_PROCESS_ON_CPU = True
+
 _lock = threading.RLock()
 _held: dict[str, _EngineSet] = {}
 _starts = 0
@@ -324,7 +328,7 @@ def shared_engines(model_path: str, engine_kwargs: dict[str, Any], env: dict[str
         import ray
 
         # On CPU the engine runs in the actor's own process (inprocess_engine.py).
-        in_process = not bundle.get("GPU", 0)
+        in_process = IN_PROCESS_ON_CPU and not bundle.get("GPU", 0)
         if in_process:
             env = {**env, **IN_PROCESS_ENV}
         options: dict[str, Any] = {
