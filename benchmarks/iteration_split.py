@@ -89,8 +89,23 @@ def main(from_run: str | None = None, note: str | None = None) -> dict:
              "ray_overhead_definition": "Ray start-up + train stage time outside optimizer steps "
                                         "(Ray Train worker group, model load, FSDP wrap, final "
                                         "gather/save/upload)"}
-    write_result("iteration_split", sizes, summarise(r), source_run=r.get("source_run"), note=note)
+    write_result("iteration_split", sizes, summarise(r), source_run=r.get("source_run"), note=note,
+                 previous=previous_measurement())
     return summarise(r)
+
+
+def previous_measurement() -> dict | None:
+    """The split this run replaces (its date, wall and stage seconds): the report sets the two
+    side by side, so a change to the pipeline shows as the iteration split before and after."""
+    path = ROOT / "benchmarks" / "results" / "iteration_split.json"
+    if not path.exists():
+        return None
+    old = json.loads(path.read_text())
+    raw = old.get("figures", {}).get("raw")
+    if not raw:
+        return None
+    return {"date": old["date"], "wall_seconds": raw["wall_seconds"],
+            "stage_seconds": raw["stage_seconds"], "note": old.get("note")}
 
 
 if __name__ == "__main__":

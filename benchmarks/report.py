@@ -120,10 +120,22 @@ def generation_rows(r: dict) -> list[str]:
 
 
 def split_rows(r: dict) -> list[str]:
-    f = r["figures"]
-    shares = {k[len("share_"):]: v for k, v in f.items() if k.startswith("share_")}
-    rows = [_row("one tiny iteration", "wall seconds", f["wall_seconds"], None, None,
-                 f"{r['sizes']['generation_backend']} generation, {r['sizes']['ranking_backend']} ranking")]
+    """Wall and stage seconds of one iteration; the baseline column is the measurement this one
+    replaced (`previous`, with its date), so a pipeline change shows as before and after."""
+    f, before = r["figures"], r.get("previous") or {}
+    wall_before = before.get("wall_seconds")
+    stage_before = before.get("stage_seconds", {})
+    since = f"; baseline: the split of {before['date'][:16]}" if before else ""
+    rows = [_row("one tiny iteration", "wall seconds", f["wall_seconds"], wall_before,
+                 ratio(f["wall_seconds"], wall_before),
+                 f"{r['sizes']['generation_backend']} generation, "
+                 f"{r['sizes']['ranking_backend']} ranking{since}")]
+    for name, seconds in f["raw"]["stage_seconds"].items():
+        rows.append(_row("", f"s: {name}", seconds, stage_before.get(name),
+                         ratio(seconds, stage_before.get(name)),
+                         f"share {f['share_' + name]:.2f}"))
+    shares = {k[len("share_"):]: v for k, v in f.items()
+              if k.startswith("share_") and k[len("share_"):] not in f["raw"]["stage_seconds"]}
     rows += [_row("", f"share: {k}", v, None, None, "") for k, v in shares.items()]
     rows.append(_row("", "Ray overhead fraction", f["ray_overhead_fraction"], None, None,
                      r["sizes"]["ray_overhead_definition"]))
