@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -271,19 +272,38 @@ _PROVENANCE_FIELDS = ("_name_or_path", "transformers_version")
 def weights_family(model_path: str, tokenizer_path: str | None = None) -> str:
     """Fingerprint of everything but the weights that a vLLM engine takes from a model
     directory; two directories with the same family can share one engine. A path that is
-    not a local directory (a hub name) is its own family."""
-    import hashlib
+    not a local directory (a hub name) is its own family.
 
+    Every `generate` call asks for it, so the files are read once per version: the digest is
+    cached under their names, sizes and modification times."""
     directories = [model_path, tokenizer_path or model_path]
     if not all(os.path.isdir(d) for d in directories):
         return json.dumps({"model": model_path, "tokenizer": tokenizer_path})
+    return _family_digest(tuple((role, directory, _family_files(directory))
+                                for role, directory in zip(("model", "tokenizer"), directories,
+                                                           strict=True)))
+
+
+def _family_files(directory: str) -> tuple[tuple[str, int, int], ...]:
+    """(name, size, mtime_ns) of the family files present in `directory`."""
+    found = []
+    for name in _FAMILY_FILES:
+        try:
+            stat = os.stat(os.path.join(directory, name))
+        except FileNotFoundError:
+            continue
+        found.append((name, stat.st_size, stat.st_mtime_ns))
+    return tuple(found)
+
+
+@functools.lru_cache(maxsize=64)
+def _family_digest(sources: tuple[tuple[str, str, tuple], ...]) -> str:
+    import hashlib
+
     digest = hashlib.sha256()
-    for role, directory in zip(("model", "tokenizer"), directories, strict=True):
-        for name in _FAMILY_FILES:
-            path = os.path.join(directory, name)
-            if not os.path.isfile(path):
-                continue
-            with open(path, "rb") as f:
+    for role, directory, files in sources:
+        for name, _, _ in files:
+            with open(os.path.join(directory, name), "rb") as f:
                 data = f.read()
             if name == "config.json":
                 config = json.loads(data)

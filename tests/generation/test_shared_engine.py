@@ -212,6 +212,10 @@ def test_weights_family_ignores_weights_and_provenance_but_not_architecture_or_t
     (other_template / "chat_template.jinja").unlink(missing_ok=True)
     assert weights_family(other_template) != weights_family(a)
     assert weights_family("org/hub-model") != weights_family("org/other-model")
+    # The digest is cached per file version: a file changed in place gives a new family.
+    before = weights_family(other_template)
+    (other_template / "generation_config.json").write_text(json.dumps({"temperature": 0.3}))
+    assert weights_family(other_template) != before
 
 
 class NeedsAllCpus(Stage):
