@@ -100,6 +100,38 @@ def test_shared_engine_gives_ray_data_llm_candidates_from_one_engine_and_stops_c
     assert alive == [] and left == [], (alive, left)
 
 
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_a_request_the_engine_refuses_fails_its_own_block_and_the_engine_serves_on(
+    vllm_available, no_engines_held, tiny_llama_path  # noqa: F811
+):
+    import ray
+
+    from aipo_ray.generation.base import Sampling
+    from aipo_ray.generation.engines import shared_engines
+    from aipo_ray.generation.vllm_engine import _bundle, engine_env, engine_kwargs
+    from aipo_ray.storage.schemas import GENERATIONS
+
+    cfg = GenerationConfig(backend="vllm", max_tokens=4, max_model_len=512, engine_env=ENGINE_ENV)
+    (engine,) = shared_engines(tiny_llama_path, engine_kwargs(cfg), engine_env(cfg), _bundle(cfg), 1)
+    sampling = Sampling(n=1, max_tokens=4, temperature=0.0, top_p=1.0, seed=0)
+
+    def block(prompt_id, prompt_tokens):
+        requests = pa.table({
+            "prompt_id": [prompt_id], "user_prompt": ["x"], "tokenized_prompt": [[5] * prompt_tokens],
+            "candidate_idx": pa.array([0], pa.int32()), "seed": pa.array([1], pa.int64())})
+        return engine.generate.remote(tiny_llama_path, requests, sampling, True, [0], GENERATIONS)
+
+    # Sent together, so both reach the engine's batch: the prompt longer than max_model_len is
+    # refused by vLLM, and only its block fails.
+    fine, too_long = block("fine", 10), block("long", 600)
+    with pytest.raises(ray.exceptions.RayTaskError, match="512"):
+        ray.get(too_long)
+    assert ray.get(fine).column("prompt_id").to_pylist() == ["fine"]
+    assert ray.get(block("after", 10)).num_rows == 1
+    assert engine_info()["children"] == []  # the in-process engine, on CPU
+
+
 def generate_lazily(model_path):
     """One seeded sample per prompt (each candidate carries its own seed), as a Dataset not
     yet executed: the same weights give the same text, other weights other text (greedy
