@@ -19,7 +19,6 @@ from aipo_ray.pipeline.stage import (
     StageContext,
     StageResult,
 )
-from aipo_ray.ranking import rank_pool
 from aipo_ray.storage.schemas import RANKINGS_OUT
 from aipo_ray.storage.shards import check_each_once
 
@@ -57,7 +56,11 @@ class RankStage(PolicyStage):
         return None if fn is None else f"{getattr(fn, '__module__', '')}:{getattr(fn, '__qualname__', fn)}"
 
     def run(self, ctx: StageContext) -> StageResult:
+        # Imported here, not at the top: the shard writer task imports this module for
+        # `finish_rankings`, and the rankers' torch would add about 2.5 s to its cold start.
         import ray.data
+
+        from aipo_ray.ranking import rank_pool
 
         cfg = ctx.config.ranking
         job = ShardJob(

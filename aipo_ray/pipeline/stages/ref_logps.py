@@ -14,8 +14,6 @@ from aipo_ray.pipeline.sharded import ShardJob, run_sharded
 from aipo_ray.pipeline.stage import MODEL_IO_KEYS, PolicyStage, StageContext, StageResult
 from aipo_ray.storage.schemas import REF_LOGPS
 from aipo_ray.storage.shards import check_each_once
-from aipo_ray.training.reference import reference_pool
-from aipo_ray.training.trainer import needs_reference
 
 
 class RefLogpsStage(PolicyStage):
@@ -32,6 +30,8 @@ class RefLogpsStage(PolicyStage):
 
     @classmethod
     def enabled(cls, config: RunConfig) -> bool:
+        from aipo_ray.training.trainer import needs_reference
+
         return needs_reference(config)
 
     def resource_asks(self, config):
@@ -40,7 +40,11 @@ class RefLogpsStage(PolicyStage):
         return reference_asks(config)
 
     def run(self, ctx: StageContext) -> StageResult:
+        # Imported here, not at the top: the shard writer task imports this module for
+        # `finish_ref_logps`, and torch would add about 2.5 s to its cold start.
         import ray.data
+
+        from aipo_ray.training.reference import reference_pool
 
         job = ShardJob(
             prompt_ids=ctx.prompt_ids("pairs"),
