@@ -9,8 +9,8 @@ left a `/dev/shm/psm_*` segment behind and its resource tracker printed `KeyErro
 Here an engine is a Ray actor (`EngineActor`) owning one vLLM engine, built with the same
 `engine_kwargs`, environment and resources as the `ray.data.llm` path would use. On CPU the
 engine runs inside the actor's process (inprocess_engine.py: no EngineCore or worker process
-to spawn, which import vLLM again; a start takes about 11 s instead of 41-46 s on 2 cores). The driver
-keeps them in a cache keyed by everything that determines them (resolved model path, engine
+to spawn, each importing vLLM again; a start takes about 11 s instead of 41-46 s on 2 cores).
+The driver keeps them in a cache keyed by everything that determines them (resolved model path, engine
 kwargs, env, resources, replicas): a second `generate` with the same model and settings reuses
 the engines; one with another key releases the held engines first (one set at a time, so a
 changed θ_t never waits for CPUs the old engine holds).
@@ -49,8 +49,6 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from .inprocess_engine import IN_PROCESS_ENV
-
 if TYPE_CHECKING:
     import ray
 
@@ -82,7 +80,6 @@ class EngineActor:
 
         self.started = time.time()
         kwargs = {"model": model_path, "worker_extension_cls": EXTENSION, **engine_kwargs}
-        self.in_process = in_process
         self.engine = (InProcessEngine(vllm.EngineArgs(**kwargs)) if in_process
                        else vllm.AsyncLLMEngine.from_engine_args(vllm.AsyncEngineArgs(**kwargs)))
         self.model_path = model_path  # whose weights the engine holds
@@ -160,14 +157,11 @@ class EngineActor:
         params = SamplingParams(**_to_request(row, sampling, per_request_seed)["sampling_params"])
         request_id = f"aipo-{self.requests}"
         self.requests += 1
-        prompt = {"prompt_token_ids": [int(t) for t in row["tokenized_prompt"]]}
-        if self.in_process:
-            final = await self.engine.complete(request_id, prompt, params)
-        else:
-            final = None
-            async for output in self.engine.generate(request_id=request_id, prompt=prompt,
-                                                     sampling_params=params):
-                final = output
+        final = None
+        async for output in self.engine.generate(
+                request_id=request_id, sampling_params=params,
+                prompt={"prompt_token_ids": [int(t) for t in row["tokenized_prompt"]]}):
+            final = output
         if final is None or not final.finished:
             raise RuntimeError(f"vLLM ended request {row['prompt_id']} without finishing it")
         return final.outputs[0]
@@ -349,8 +343,6 @@ def shared_engines(model_path: str, engine_kwargs: dict[str, Any], env: dict[str
 
         # On CPU the engine runs in the actor's own process (inprocess_engine.py).
         in_process = IN_PROCESS_ON_CPU and not bundle.get("GPU", 0)
-        if in_process:
-            env = {**env, **IN_PROCESS_ENV}
         options: dict[str, Any] = {
             "num_cpus": bundle.get("CPU", 1), "num_gpus": bundle.get("GPU", 0),
             # A dead engine restarts (reloading the model) and its call is retried, as Ray

@@ -30,12 +30,10 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# Set in the engine's process before vLLM reads it (the actor's runtime_env).
-IN_PROCESS_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-
-
 class InProcessEngine:
-    """`complete` a request, `collective_rpc`, `reset_prefix_cache`, `shutdown`."""
+    """The part of AsyncLLM's interface an `EngineActor` uses: `generate`, `collective_rpc`,
+    `reset_prefix_cache`, `shutdown`. It sets the process-wide vLLM and OpenMP settings it
+    needs, so it belongs in a process of its own (an engine actor)."""
 
     def __init__(self, engine_args: Any):
         import vllm
@@ -48,8 +46,11 @@ class InProcessEngine:
         self._lock: asyncio.Lock | None = None
         self.error: BaseException | None = None  # what stopped the engine, if anything did
 
-    async def complete(self, request_id: str, prompt: dict[str, Any], params: Any) -> Any:
-        """The request's final `RequestOutput`, once the engine has finished it."""
+    async def generate(self, request_id: str, prompt: dict[str, Any], sampling_params: Any):
+        """Like AsyncLLM's: yields the request's `RequestOutput`, here only the final one."""
+        yield await self._complete(request_id, prompt, sampling_params)
+
+    async def _complete(self, request_id: str, prompt: dict[str, Any], params: Any) -> Any:
         if self.error is not None:
             raise RuntimeError(f"the vLLM engine stopped on an earlier error: {self.error!r}")
         future = asyncio.get_running_loop().create_future()
@@ -131,6 +132,9 @@ def _build(vllm: Any, engine_args: Any) -> Any:
     import torch
     from vllm.utils.ompmultiprocessing import OMPProcessManager
 
+    # Read when the config is made (CPU executor choice) and when the engine is (EngineCore
+    # in this process, not a spawned one).
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     config = engine_args.create_engine_config()
     cpu_lists = OMPProcessManager(config).cpu_lists
     if cpu_lists:
